@@ -1,0 +1,128 @@
+"""Graph-level Relax passes that run before lowering.
+
+Order matters and is fixed by :func:`prepare_graph`:
+fold BatchNorm into the preceding conv's weights → canonicalise → (sepconv operator rewriting,
+added by ``compiler.separable``) → fold constants → lift the folded weights out as parameters.
+
+Weights are bound as constants on import so that FoldConstant can compute the folded/re-laid-out
+weights once, at compile time; they are lifted back out afterwards so the library holds code and
+the artifact's weights file holds data (no multi-megabyte constants inside the ``.so``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import TupleGetItemPattern, is_const, is_op, rewrite_call, wildcard
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+# Constants smaller than this stay inline (scalars of h-swish, clip bounds, ...).
+LIFT_MIN_ELEMENTS = 2
+
+
+def _fold_bn_into_conv(func: relax.Function) -> relax.Function:
+    """conv2d(x, W) [+ b] → batch_norm(γ, β, μ, σ²)[0]  ⇒  conv2d(x, W·s) + (b·s + β − μ·s).
+
+    TVM's own FoldBatchnormToConv2D misses the ``+ b`` form that every torch conv with
+    ``bias=True`` produces; this one takes both. All operands must be constants (weights are bound
+    at import), so FoldConstant turns the new expressions into plain weight tensors.
+    """
+    data, weight = wildcard(), is_const()
+    conv = is_op("relax.nn.conv2d")(data, weight)
+    bias = is_const()
+    conv_bias = is_op("relax.add")(conv, bias)
+    gamma, beta, mean, var = is_const(), is_const(), is_const(), is_const()
+    bn = is_op("relax.nn.batch_norm")(conv | conv_bias, gamma, beta, mean, var)
+    pattern = TupleGetItemPattern(bn, 0)
+
+    def rewrite(expr, m):
+        conv_call, bn_call = m[conv], m[bn]
+        if conv_call.attrs["kernel_layout"] != "OIHW" or int(bn_call.attrs["axis"]) != 1:
+            return expr
+        eps = float(bn_call.attrs["epsilon"])
+        w = m[weight].value.numpy()
+        scale = m[gamma].value.numpy() / np.sqrt(m[var].value.numpy() + eps)
+        shift = m[beta].value.numpy() - m[mean].value.numpy() * scale
+        if bias in m:
+            shift = shift + m[bias].value.numpy().reshape(-1) * scale
+        new_w = relax.const((w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype))
+        new_b = relax.const(shift.reshape(1, -1, 1, 1).astype(w.dtype))
+        return relax.op.add(relax.Call(conv_call.op, [m[data], new_w], conv_call.attrs), new_b)
+
+    return rewrite_call(pattern, rewrite, func)
+
+
+def fold_batch_norm(mod: tvm.IRModule) -> tvm.IRModule:
+    """Fold inference BatchNorm into the preceding conv, decompose any that does not follow one."""
+    # The importer reshapes conv biases at run time; fold that first so the pattern sees constants.
+    mod = relax.transform.FoldConstant()(relax.transform.CanonicalizeBindings()(mod))
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            out[gv] = _fold_bn_into_conv(func)
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+    return seq(out)
+
+
+def count_ops(mod: tvm.IRModule, op_name: str) -> int:
+    """How many calls to the Relax operator ``op_name`` the module's Relax functions make."""
+    op = tvm.ir.Op.get(op_name)
+    found = 0
+
+    def visit(expr):
+        nonlocal found
+        if isinstance(expr, relax.Call) and expr.op.same_as(op):
+            found += 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
+@mutator
+class _ConstantLifter(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, prefix: str):
+        super().__init__(mod)
+        self.prefix = prefix
+        self.lifted: list[tuple[str, relax.Var, np.ndarray]] = []
+
+    def visit_generic_const_(self, const):
+        if not hasattr(const.value, "numpy"):  # scalar immediates
+            return const
+        data = const.value.numpy()
+        if data.size < LIFT_MIN_ELEMENTS:
+            return const
+        name = f"{self.prefix}{len(self.lifted)}"
+        var = relax.Var(name, const.ty)
+        self.lifted.append((name, var, data))
+        return var
+
+
+def lift_constants(
+    mod: tvm.IRModule, func_name: str = "main", prefix: str = "w"
+) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
+    """Turn every non-scalar constant of ``func_name`` into a trailing parameter.
+
+    Returns the new module and the weights, in parameter order, keyed by parameter name. The
+    function's ``num_input`` attribute records how many leading parameters are real inputs.
+    """
+    func = mod[func_name]
+    lifter = _ConstantLifter(mod, prefix)
+    body = lifter.visit_expr(func.body)
+    new_params = [v for _, v, _ in lifter.lifted]
+    new_func = relax.Function(
+        list(func.params) + new_params, body, func.ret_ty, func.is_pure, func.attrs
+    ).with_attr("num_input", len(func.params))
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    out[func_name] = new_func
+    weights = {name: data for name, _, data in lifter.lifted}
+    return out, weights

@@ -1,0 +1,158 @@
+"""Load an artifact and run it: ``CompiledModel(x)`` with numpy or torch in, same kind out."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from sepconv.compiler.artifact import (
+    LIBRARY,
+    WEIGHTS,
+    Manifest,
+    check_runs_here,
+    read_manifest,
+)
+from sepconv.errors import ArtifactError, DeviceError, InputError
+
+
+def _tvm_device(kind: str):
+    import tvm
+
+    if kind == "cpu":
+        return tvm.cpu(0)
+    if kind == "cuda":
+        dev = tvm.cuda(0)
+        if not dev.exist:
+            raise DeviceError(
+                "this artifact runs on a CUDA GPU but none is present on this machine "
+                "(tvm.cuda(0) does not exist); run it on a machine with an NVIDIA GPU and driver"
+            )
+        return dev
+    raise DeviceError(f"unknown device {kind!r}; use 'cpu' or 'cuda'")
+
+
+class CompiledModel:
+    """A compiled model ready to run. Build one with :func:`sepconv.load`."""
+
+    def __init__(self, root: Path, manifest: Manifest, device: str | None = None):
+        import tvm
+        from safetensors.numpy import load_file
+        from tvm import relax
+
+        self.path = root
+        self.manifest = manifest
+        family = manifest.target.get("family", "x86")
+        default_device = "cuda" if family == "cuda" else "cpu"
+        self.device = device or default_device
+        if family != "cuda" and self.device != "cpu":
+            raise DeviceError(f"{root} was compiled for the CPU; load it with device='cpu'")
+        if family == "cuda" and self.device != "cuda":
+            raise DeviceError(f"{root} was compiled for CUDA; load it with device='cuda'")
+        check_runs_here(root, manifest)
+        self._dev = _tvm_device(self.device)
+        try:
+            lib = tvm.runtime.load_module(str(root / LIBRARY))
+        except Exception as exc:
+            raise ArtifactError(f"cannot load {root / LIBRARY}: {exc}; recompile the model") from exc
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        weights = load_file(str(root / WEIGHTS))
+        missing = [n for n in manifest.weight_names if n not in weights]
+        if missing:
+            raise ArtifactError(f"{root / WEIGHTS} lacks weights {missing[:3]}; recompile")
+        self._params = [tvm.runtime.tensor(weights[n], self._dev) for n in manifest.weight_names]
+
+    @property
+    def inputs(self):
+        return self.manifest.inputs
+
+    @property
+    def outputs(self):
+        return self.manifest.outputs
+
+    def __repr__(self) -> str:
+        sig = ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in self.inputs)
+        return (
+            f"CompiledModel({self.manifest.model.get('name')!r}, {sig}, "
+            f"target={self.manifest.target['triple']!r}, device={self.device!r})"
+        )
+
+    def _check(self, args) -> list[np.ndarray]:
+        if len(args) != len(self.inputs):
+            raise InputError(
+                f"the model takes {len(self.inputs)} input(s) "
+                f"({', '.join(t.name for t in self.inputs)}), got {len(args)}"
+            )
+        arrays = []
+        for arg, spec in zip(args, self.inputs):
+            if hasattr(arg, "detach") and hasattr(arg, "cpu"):  # torch.Tensor
+                arg = arg.detach().cpu().numpy()
+            if not isinstance(arg, np.ndarray):
+                raise InputError(
+                    f"input {spec.name!r} must be a numpy array or torch tensor, got "
+                    f"{type(arg).__name__}"
+                )
+            if arg.ndim != len(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r} must have rank {len(spec.shape)} {tuple(spec.shape)}, "
+                    f"got rank {arg.ndim} {tuple(arg.shape)}"
+                )
+            if tuple(arg.shape) != tuple(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r} must have shape {tuple(spec.shape)}, got "
+                    f"{tuple(arg.shape)}; the artifact was compiled for that shape — recompile "
+                    "with --batch/--resolution (or another example input) for a different one"
+                )
+            if str(arg.dtype) != spec.dtype:
+                raise InputError(
+                    f"input {spec.name!r} must be {spec.dtype}, got {arg.dtype}; convert it "
+                    f"first (e.g. x.astype(np.{spec.dtype}) or x.to(torch.{spec.dtype}))"
+                )
+            arrays.append(np.ascontiguousarray(arg))
+        return arrays
+
+    def _run(self, arrays: list[np.ndarray]):
+        import tvm
+
+        tensors = [tvm.runtime.tensor(a, self._dev) for a in arrays]
+        out = self._vm["main"](*tensors, *self._params)
+        return out
+
+    def __call__(self, *args):
+        torch_in = any(hasattr(a, "detach") and hasattr(a, "cpu") for a in args)
+        out = self._run(self._check(args))
+        results = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
+        if torch_in:
+            import torch
+
+            results = [torch.from_numpy(r) for r in results]
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def time(self, *args, warmup: int = 10, runs: int = 50) -> dict:
+        """Latency in ms over ``runs`` calls after ``warmup`` (TVM's time evaluator, on device)."""
+        import tvm
+
+        tensors = [tvm.runtime.tensor(a, self._dev) for a in self._check(args)]
+        self._vm.set_input("main", *tensors, *self._params)
+        evaluator = self._vm.time_evaluator(
+            "invoke_stateful", self._dev, number=1, repeat=runs, min_repeat_ms=0
+        )
+        for _ in range(warmup):
+            self._vm.invoke_stateful("main")
+        samples = [s * 1e3 for s in evaluator("main").results]
+        samples.sort()
+        return {
+            "median_ms": statistics.median(samples),
+            "p10_ms": samples[int(0.1 * (len(samples) - 1))],
+            "p90_ms": samples[int(0.9 * (len(samples) - 1))],
+            "runs": len(samples),
+            "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None,
+        }
+
+
+def load(path: str | os.PathLike, device: str | None = None) -> CompiledModel:
+    """Verify an artifact (manifest, checksums, architecture) and make it callable."""
+    root, manifest = read_manifest(path)
+    return CompiledModel(root, manifest, device)

@@ -1,0 +1,69 @@
+import numpy as np
+import torch
+import torch.nn as nn
+
+from sepconv.compiler.importer import import_module
+from sepconv.compiler.passes import count_ops, fold_batch_norm, lift_constants
+from tests.nets import randomize_bn, tiny_separable
+
+
+def _run_relax(mod, weights, x):
+    import tvm
+    from tvm import relax
+
+    ex = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu"}))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(w) for w in weights.values()])
+    return (out[0] if not hasattr(out, "numpy") else out).numpy()
+
+
+def test_batchnorm_folds_into_conv_with_and_without_bias():
+    model = tiny_separable()
+    x = torch.randn(1, 3, 16, 16)
+    graph = import_module(model, x)
+    assert count_ops(graph.mod, "relax.nn.batch_norm") == 3
+    folded = fold_batch_norm(graph.mod)
+    assert count_ops(folded, "relax.nn.batch_norm") == 0
+    # Folded into the weights, not decomposed into a chain of elementwise ops.
+    for op in ("relax.subtract", "relax.sqrt", "relax.rsqrt"):
+        assert count_ops(folded, op) == 0, op
+    mod, weights = lift_constants(folded)
+    ref = model(x).detach().numpy()
+    got = _run_relax(mod, weights, x.numpy())
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-5
+
+
+def test_batchnorm_without_conv_is_decomposed_not_dropped():
+    model = randomize_bn(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()))
+    x = torch.randn(1, 4, 5, 5)
+    folded = fold_batch_norm(import_module(model, x).mod)
+    assert count_ops(folded, "relax.nn.batch_norm") == 0
+    mod, weights = lift_constants(folded)
+    ref = model(x).detach().numpy()
+    assert np.abs(_run_relax(mod, weights, x.numpy()) - ref).max() < 1e-5
+
+
+def test_lift_constants_moves_every_weight_out_and_keeps_scalars():
+    model = tiny_separable()
+    graph = import_module(model, torch.randn(1, 3, 16, 16))
+    mod, weights = lift_constants(fold_batch_norm(graph.mod))
+    main = mod["main"]
+    assert int(main.attrs["num_input"]) == 1
+    assert len(main.params) == 1 + len(weights)
+    n_weights = sum(int(np.prod(w.shape)) for w in weights.values())
+    # conv weights (+ folded biases) and the linear layer: all the model's numbers are lifted
+    n_model = sum(p.numel() for n, p in model.named_parameters() if "weight" in n and p.dim() > 1)
+    assert n_weights >= n_model
+    remaining = []
+
+    def visit(e):
+        import tvm
+
+        value = getattr(e, "value", None)
+        if isinstance(e, tvm.ir.expr.Constant) and hasattr(value, "numpy") and value.numpy().size > 1:
+            remaining.append(e)
+
+    import tvm
+
+    tvm.relax.analysis.post_order_visit(main, visit)
+    assert remaining == []
