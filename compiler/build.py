@@ -1,8 +1,8 @@
 """Lower an imported graph for a target and build it with ``tvm.compile``.
 
-    ImportedGraph ──prepare_graph──► Relax (BN folded, weights lifted)
-                  ──lower──────────► fused TIR PrimFuncs, each scheduled (tuned record or rule)
-                  ──tvm.compile────► VM executable
+ImportedGraph ──prepare_graph──► Relax (BN folded, weights lifted)
+              ──lower──────────► fused TIR PrimFuncs, each scheduled (tuned record or rule)
+              ──tvm.compile────► VM executable
 """
 
 from __future__ import annotations
@@ -78,10 +78,14 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def primfunc_names(mod: tvm.IRModule) -> list[str]:
-    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    return sorted(
+        gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    )
 
 
-def schedule(mod: tvm.IRModule, target: tvm.target.Target, database=None) -> tuple[tvm.IRModule, list[str]]:
+def schedule(
+    mod: tvm.IRModule, target: tvm.target.Target, database=None
+) -> tuple[tvm.IRModule, list[str]]:
     """Schedule every PrimFunc: tuned records first, then our rule list for what is left."""
     from sepconv.schedules import apply_schedules
 

@@ -111,19 +111,24 @@ def import_module(
         outputs = (outputs,)
     if not all(isinstance(t, torch.Tensor) for t in outputs):
         raise ImportFailure(
-            "the model must return a tensor or a tuple of tensors, got "
-            f"{type(outputs).__name__}"
+            f"the model must return a tensor or a tuple of tensors, got {type(outputs).__name__}"
         )
     exported = export_program(module, tuple(example_inputs))
     mod = to_relax(exported)
     inputs = [
-        TensorInfo(f"input{i}" if len(example_inputs) > 1 else "input", tuple(t.shape),
-                   _torch_dtype_name(t.dtype))
+        TensorInfo(
+            f"input{i}" if len(example_inputs) > 1 else "input",
+            tuple(t.shape),
+            _torch_dtype_name(t.dtype),
+        )
         for i, t in enumerate(example_inputs)
     ]
     outs = [
-        TensorInfo(f"output{i}" if len(outputs) > 1 else "output", tuple(t.shape),
-                   _torch_dtype_name(t.dtype))
+        TensorInfo(
+            f"output{i}" if len(outputs) > 1 else "output",
+            tuple(t.shape),
+            _torch_dtype_name(t.dtype),
+        )
         for i, t in enumerate(outputs)
     ]
     return ImportedGraph(mod=mod, inputs=inputs, outputs=outs)

@@ -56,7 +56,9 @@ class CompiledModel:
         try:
             lib = tvm.runtime.load_module(str(root / LIBRARY))
         except Exception as exc:
-            raise ArtifactError(f"cannot load {root / LIBRARY}: {exc}; recompile the model") from exc
+            raise ArtifactError(
+                f"cannot load {root / LIBRARY}: {exc}; recompile the model"
+            ) from exc
         self._vm = relax.VirtualMachine(lib, self._dev)
         weights = load_file(str(root / WEIGHTS))
         missing = [n for n in manifest.weight_names if n not in weights]

@@ -53,7 +53,9 @@ def _resolve_model(model, example_input, batch: int, weights, seed: int):
                 "compiling an nn.Module needs an example input: "
                 "sepconv.compile(module, example_input=torch.randn(1, 3, 224, 224), ...)"
             )
-        inputs = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+        inputs = (
+            (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+        )
         record = {"name": type(model).__name__, "source": "module", "seed": seed}
         return model, inputs, record
     raise SepconvError(
@@ -156,7 +158,9 @@ def _reference_for(compiled: CompiledModel) -> torch.nn.Module:
                 "the reference module explicitly"
             )
     batch = compiled.inputs[0].shape[0]
-    return get_model(record["name"], batch=batch, weights=weights, seed=record.get("seed", 0)).module
+    return get_model(
+        record["name"], batch=batch, weights=weights, seed=record.get("seed", 0)
+    ).module
 
 
 def _validate(
@@ -180,7 +184,10 @@ def _validate(
 
         reference = get_model(reference, batch=compiled.inputs[0].shape[0], seed=seed).module
     report = validate_against(
-        compiled, reference, model_name=compiled.manifest.model.get("name", "?"), seed=seed,
+        compiled,
+        reference,
+        model_name=compiled.manifest.model.get("name", "?"),
+        seed=seed,
         num_inputs=num_inputs,
     )
     if record:

@@ -57,8 +57,10 @@ def cmd_models(args) -> int:
             f"{d['name']:<22} {d['resolution']:>5}×{d['resolution']:<3} {d['params'] / 1e6:>9.2f}M "
             f"{d['macs'] / 1e6:>9.1f}M  {d.get('description', '')}"
         )
-    print("\nknobs: family[:width][@resolution], e.g. mobilenet_v1:0.5@160; "
-          "also torchvision:NAME and timm:NAME where those packages import")
+    print(
+        "\nknobs: family[:width][@resolution], e.g. mobilenet_v1:0.5@160; "
+        "also torchvision:NAME and timm:NAME where those packages import"
+    )
     return 0
 
 
@@ -167,16 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile a model into an artifact directory")
     c.add_argument("model", help="zoo name with optional knobs, e.g. mobilenet_v1:0.5@160")
-    c.add_argument("--target", "-t", default="host",
-                   help="x86_64-linux-gnu | aarch64-linux-gnu | cuda | host (default: host)")
-    c.add_argument("--output", "-o", default=None,
-                   help="artifact path (default: build/<model>.sepconv)")
+    c.add_argument(
+        "--target",
+        "-t",
+        default="host",
+        help="x86_64-linux-gnu | aarch64-linux-gnu | cuda | host (default: host)",
+    )
+    c.add_argument(
+        "--output", "-o", default=None, help="artifact path (default: build/<model>.sepconv)"
+    )
     c.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
     c.add_argument("--weights", help="local weights file (.safetensors or a torch state_dict)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     c.add_argument("--force", action="store_true", help="replace an existing artifact")
-    c.add_argument("--validate", action="store_true",
-                   help="validate against eager PyTorch after compiling (host targets)")
+    c.add_argument(
+        "--validate",
+        action="store_true",
+        help="validate against eager PyTorch after compiling (host targets)",
+    )
     c.add_argument("--mcpu", help="LLVM CPU name to compile for instead of the detected one")
     c.add_argument("--cuda-arch", help="CUDA arch for --target cuda, e.g. sm_90")
     c.set_defaults(func=cmd_compile)

@@ -1,0 +1,33 @@
+"""Targets: triple → TVM target (+ host), tuning-log key, cross compilers, this machine's CPU/GPU.
+
+``resolve_target("host")`` is the usual entry point; see :mod:`sepconv.targets.triple`.
+"""
+
+from .host import gpu_compute_capability, host_arch, host_cpu_name, physical_cores
+from .triple import (
+    SUPPORTED_TRIPLES,
+    TargetSpec,
+    canonical_triple,
+    check_cuda_source,
+    configure_cuda_jit,
+    find_nvcc,
+    host_triple,
+    parse_cuda_arch,
+    resolve_target,
+)
+
+__all__ = [
+    "SUPPORTED_TRIPLES",
+    "TargetSpec",
+    "canonical_triple",
+    "check_cuda_source",
+    "configure_cuda_jit",
+    "find_nvcc",
+    "gpu_compute_capability",
+    "host_arch",
+    "host_cpu_name",
+    "host_triple",
+    "parse_cuda_arch",
+    "physical_cores",
+    "resolve_target",
+]

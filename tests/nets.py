@@ -26,8 +26,9 @@ class TinySeparable(nn.Module):
     def __init__(self, c: int = 8, classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=True), nn.BatchNorm2d(c), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c),
-                                nn.ReLU6())
+        self.dw = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU6()
+        )
         self.pw = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.Hardswish())
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
 
@@ -40,5 +41,3 @@ class TinySeparable(nn.Module):
 def tiny_separable(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return randomize_bn(TinySeparable(), seed)
-
-

@@ -60,7 +60,11 @@ def test_lift_constants_moves_every_weight_out_and_keeps_scalars():
         import tvm
 
         value = getattr(e, "value", None)
-        if isinstance(e, tvm.ir.expr.Constant) and hasattr(value, "numpy") and value.numpy().size > 1:
+        if (
+            isinstance(e, tvm.ir.expr.Constant)
+            and hasattr(value, "numpy")
+            and value.numpy().size > 1
+        ):
             remaining.append(e)
 
     import tvm

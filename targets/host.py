@@ -1,0 +1,166 @@
+"""What the machine we run on is: architecture, CPU name and ISA features, usable cores, GPU.
+
+Everything here reads this machine only; ``triple.py`` turns it into TVM targets. The CPU name and
+feature set come from LLVM's own host detection as bundled with TVM
+(``tvm.codegen.llvm.GetHostCPUName`` / ``GetHostCPUFeatures``, i.e. ``sys::getHostCPUName`` and
+``sys::getHostCPUFeatures``: CPUID plus the OS's XSAVE state, what ``clang -march=native`` uses).
+``/proc/cpuinfo`` is read as a cross-check and for tests. Results are cached per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sepconv.errors import UnknownTargetError
+
+logger = logging.getLogger(__name__)
+
+# platform.machine() spellings → the architecture field of our triples.
+_MACHINE_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def host_arch() -> str:
+    """This machine's CPU architecture as our triples spell it (``x86_64``, ``aarch64``), or
+    ``platform.machine()`` lower-cased when it is neither."""
+    machine = platform.machine().lower()
+    return _MACHINE_ARCH.get(machine, machine)
+
+
+def host_triple() -> str:
+    """The supported triple naming this machine (``x86_64-linux-gnu`` or ``aarch64-linux-gnu``).
+
+    Raises :class:`UnknownTargetError` on a machine we cannot compile for natively (not Linux, or
+    another architecture); cross-compiling for a named triple still works there.
+    """
+    arch = host_arch()
+    if not sys.platform.startswith("linux") or arch not in ("x86_64", "aarch64"):
+        raise UnknownTargetError(
+            f"this machine ({sys.platform}, {platform.machine()}) is not a supported host; "
+            "name a target explicitly: x86_64-linux-gnu, aarch64-linux-gnu or cuda"
+        )
+    return f"{arch}-linux-gnu"
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu_name() -> str:
+    """LLVM's name for this CPU (e.g. ``znver4``, ``sapphirerapids``, ``cortex-a72``).
+
+    Under a hypervisor this is derived from the CPU model the hypervisor reports, so it can name an
+    older part than the silicon; :func:`host_cpu_features` is what the CPU really offers.
+    """
+    import tvm  # noqa: F401  (registers the LLVM functions)
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu_features() -> dict[str, bool]:
+    """LLVM's ISA features of this CPU, ``{"avx512f": True, "sse4a": False, ...}``.
+
+    Only ISA features appear (no tuning flags like ``prefer-256-bit``). Features the OS does not
+    enable (e.g. AVX-512 without the ZMM state in XCR0) are reported off.
+    """
+    import tvm  # noqa: F401
+    import tvm_ffi
+
+    get = tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures", allow_missing=True)
+    if get is None:  # a TVM without LLVM; nothing we build works then anyway
+        return {}
+    return {str(k): bool(v) for k, v in get().items()}
+
+
+@functools.lru_cache(maxsize=1)
+def cpuinfo_flags() -> frozenset[str]:
+    """The kernel's feature flags for CPU 0 (x86 ``flags``, AArch64 ``Features``); empty if
+    ``/proc/cpuinfo`` is unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def _cgroup_cpu_limit() -> int | None:
+    """CPUs a cgroup-v2 ``cpu.max`` quota allows (``docker --cpus``), or None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def physical_cores() -> int:
+    """Physical cores this process may run on: the CPUs in its affinity mask, SMT siblings counted
+    once (sysfs topology), capped by a cgroup CPU quota. At least 1.
+
+    Parallel loops are sized by this: a second hyper-thread on a core adds little to SIMD-bound
+    convolution loops and makes timings noisy.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores: set[tuple[str, str]] = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            package = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count logical CPUs
+            continue
+        cores.add((package, core))
+    n = max(1, len(cores))
+    limit = _cgroup_cpu_limit()
+    return min(n, limit) if limit else n
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_compute_capability() -> str | None:
+    """Compute capability of CUDA GPU 0 as ``"9.0"``, or None when there is no usable GPU.
+
+    Asks ``nvidia-smi`` (no CUDA context needed), then TVM's CUDA runtime.
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+            lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+            if out.returncode == 0 and lines and lines[0][0].isdigit():
+                return lines[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        import tvm
+
+        dev = tvm.cuda(0)
+        if dev.exist:
+            return str(dev.compute_version)
+    except Exception:  # no CUDA runtime in this TVM build, no driver
+        pass
+    return None
