@@ -1,0 +1,227 @@
+"""Benchmark the CPU rule list on a zoo model: torch eager vs TVM untuned vs TVM + our rules.
+
+Compile → check → time, in that order: each TVM build is validated against torch eager before
+it is timed, and all three are timed in the same run (median of ``--runs`` after warm-up).
+
+    TVM_NUM_THREADS=2 python -m sepconv.schedules.bench_cpu mobilenet_v2 --threads 2 --layers 8
+
+``--layers N`` also times the N most expensive PrimFuncs one by one (untuned vs scheduled),
+with the rule that scheduled each and its achieved GFLOP/s or GB/s.
+This is a measuring tool for the schedules room; ``benchmarks/`` holds the project's reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+
+def _median_ms(fn, runs: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def lower_to_tir(module, example, target):
+    """The compiler's lowering as of this room's writing: import → fold BN → legalize → fuse."""
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+    from tvm.relax.transform.fold_batch_norm_to_conv2d_for_inference import (
+        FoldBatchnormToConv2D,
+    )
+
+    with torch.no_grad():
+        ep = torch.export.export(module.eval(), (example,))
+    mod = from_exported_program(ep, keep_params_as_input=False)
+    mod = FoldBatchnormToConv2D()(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    with target:
+        mod = tvm.transform.Sequential(
+            [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)
+    return mod
+
+
+def build_vm(mod, target):
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    pipe = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+    with target:
+        ex = tvm.compile(mod, target=target, relax_pipeline=pipe)
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def _first_tensor(out):
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out.numpy()
+
+
+def _func_cost(func) -> tuple[str, float]:
+    """('GFLOP/s', flops) for a conv/matmul, else ('GB/s', bytes of its parameters)."""
+    from tvm import s_tir
+
+    from .analysis import match_conv2d_nchw
+
+    info = match_conv2d_nchw(s_tir.Schedule(func))
+    if info is not None:
+        return "GFLOP/s", 2.0 * info.macs
+    nbytes = 0
+    for p in func.params:
+        if hasattr(p, "shape"):
+            nbytes += int(np.prod([int(s) for s in p.shape])) * 4
+    return "GB/s", float(nbytes)
+
+
+def time_primfunc(func, target, number: int = 20, repeat: int = 7) -> float:
+    """Median µs of one PrimFunc on random inputs."""
+    import tvm
+
+    f = func.with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": f}), target=target).jit()
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = [
+        tvm.runtime.tensor(
+            rng.uniform(-1, 1, [int(s) for s in p.shape]).astype(str(p.dtype)), dev
+        )
+        for p in func.params
+    ]
+    timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20)
+    return float(np.median(timer(*args).results)) * 1e6
+
+
+def main(argv=None) -> dict:
+    import torch
+    import tvm
+
+    from sepconv.models import get_model
+
+    from . import apply_schedules
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="mobilenet_v2")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mcpu", default="rocketlake")
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--layers", type=int, default=0, help="also time the N costliest functions")
+    ap.add_argument("--skip-untuned", action="store_true")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    target = tvm.target.Target(
+        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": args.mcpu,
+         "num-cores": args.threads}
+    )  # fmt: skip
+    spec = get_model(args.model)
+    x = spec.example_input()
+    model = spec.module.eval()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    tol = 1e-4 * float(np.abs(ref).max()) + 1e-5
+
+    mod = lower_to_tir(model, x, target)
+    report: dict[str, str] = {}
+    t0 = time.perf_counter()
+    scheduled = apply_schedules(mod, target, report=report)
+    sched_s = time.perf_counter() - t0
+    xt = tvm.runtime.tensor(x.numpy())
+
+    results = {"model": spec.name, "threads": args.threads, "target": str(target)}
+    variants = [("tvm+rules", scheduled)]
+    if not args.skip_untuned:
+        variants.append(("tvm untuned", mod))
+    vms = {}
+    for name, m in variants:
+        vm = build_vm(m, target)
+        out = _first_tensor(vm["main"](xt))
+        err = float(np.abs(out - ref).max())
+        if err > tol:
+            raise SystemExit(f"{name}: max abs err {err:.3g} > tol {tol:.3g}: not timing it")
+        results[f"{name} max_err"] = err
+        vms[name] = vm
+    with torch.no_grad():
+        results["torch eager ms"] = _median_ms(lambda: model(x), args.runs)
+    for name, vm in vms.items():
+        fn = vm["main"]
+        results[f"{name} ms"] = _median_ms(lambda fn=fn: fn(xt), args.runs)
+    results["schedule seconds"] = sched_s
+    results["rule hits"] = {r: sum(1 for v in report.values() if v == r) for r in set(report.values())}
+    try:
+        results["loadavg"] = os.getloadavg()[0]
+    except OSError:
+        pass
+
+    print(f"{spec.name}, batch 1, {args.threads} threads, median of {args.runs}")
+    print(f"  torch eager    {results['torch eager ms']:8.2f} ms")
+    for name in vms:
+        print(f"  {name:14s} {results[name + ' ms']:8.2f} ms   (max err {results[name + ' max_err']:.2g})")
+    print(f"  rules: {results['rule hits']}  (scheduling took {sched_s:.2f} s)")
+
+    if args.layers:
+        # count how often each function is called in main
+        from tvm import relax
+
+        calls: dict[str, int] = {}
+
+        def visit(expr):
+            if isinstance(expr, relax.Call):
+                for arg in expr.args:
+                    if isinstance(arg, tvm.ir.GlobalVar):
+                        calls[arg.name_hint] = calls.get(arg.name_hint, 0) + 1
+
+        relax.analysis.post_order_visit(scheduled["main"].body, visit)
+        rows = []
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            name = gv.name_hint
+            after = time_primfunc(scheduled[name], target)
+            rows.append((after * calls.get(name, 1), name, func, after))
+        rows.sort(key=lambda r: r[0], reverse=True)
+        results["layers"] = []
+        print(f"\n  {'function':42s} {'rule':16s} {'calls':>5s} {'untuned µs':>11s} {'ours µs':>9s}  rate")
+        for _, name, func, after in rows[: args.layers]:
+            before = time_primfunc(func, target, number=2, repeat=3)
+            unit, amount = _func_cost(func)
+            rate = amount / after / 1e3
+            print(
+                f"  {name:42s} {report.get(name, '-'):16s} {calls.get(name, 1):5d} "
+                f"{before:11.1f} {after:9.1f}  {rate:6.1f} {unit}"
+            )
+            results["layers"].append(
+                {"name": name, "rule": report.get(name), "calls": calls.get(name, 1),
+                 "untuned_us": before, "ours_us": after, unit: rate}
+            )  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Reductions over the innermost axes: global average pooling, sums, means, softmax.
+
+Question this rule answers: *is every block either an elementwise block or a reduction whose
+reduced axes are its innermost ones?* (``mean`` over H·W is ``SSSSRR``; softmax is a chain
+``max(SR) → exp(SS) → sum(SR) → divide(SS)``.)
+
+* Elementwise producers are inlined; the leading spatial axes (batch·channels for pooling) are
+  fused and run ``parallel``; every other block is computed under that loop, so a pooled
+  channel is read once and divided in registers.
+* A reduced extent that is a multiple of the vector width is summed in ``V`` vector lanes
+  (``rfactor``) and the lanes are added at the end; otherwise the loop stays scalar (unrolled)
+  — for MobileNet's 7×7 pool that is 49 adds per channel, a few microseconds in total.
+* Multi-reduction chains (softmax) are handed to TVM dlight's CPU ``Reduction`` rule, which
+  does the same parallel/compute-at structure for them.
+
+``tunable`` is accepted and ignored (the only choice here is the vector width, which the target
+fixes).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
+from tvm.s_tir.dlight.cpu import Reduction as DlightCpuReduction
+from tvm.target import Target
+
+from .base import CpuRule
+from .target_params import cpu_params
+
+
+def _reads_one_tensor(block) -> bool:
+    """True when the block reduces a single input (sum/mean/max), not a product of two."""
+    names_written = {w.source.name for w in block.writes}
+    inputs = {r.source.name for r in block.reads if r.source.name not in names_written}
+    return len(inputs) <= 1
+
+
+def _leading_s(kind: str) -> int:
+    return len(kind) - len(kind.lstrip("S"))
+
+
+class Reduction(CpuRule):
+    """Parallel-over-rows reduction with vector partial sums when the row length allows."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        infos = try_inline_contiguous_spatial(sch, infos)
+        if not infos:
+            return None
+        reds = [bi for bi in infos if not bi.is_injective()]
+        if not reds:
+            return None
+        for bi in reds:
+            kind = bi.dom_kind()
+            n_s = _leading_s(kind)
+            if n_s == 0 or set(kind[n_s:]) != {"R"}:
+                return None
+        if len(reds) > 1:
+            # softmax / layer-norm style chains: dlight's CPU rule knows those
+            return DlightCpuReduction().apply(func, target, tunable)
+        red = reds[0]
+        if not _reads_one_tensor(sch.get(red.block_rv)):
+            return None  # a contraction (conv, matmul) is not a plain reduction
+        idx = infos.index(red)
+        after = infos[idx + 1 :]
+        if infos[:idx] or len(after) > 1:
+            return None
+        lanes = cpu_params(target).lanes("float32")
+        block = red.block_rv
+        loops = sch.get_loops(block)
+        kind = red.dom_kind()
+        n_s = _leading_s(kind)
+        s_loops, r_loops = loops[:n_s], loops[n_s:]
+        spatial = sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0]
+        r = sch.fuse(*r_loops) if len(r_loops) > 1 else r_loops[0]
+        r_ext = sch.get(r).extent
+        r_ext = int(r_ext) if isinstance(r_ext, tirx.IntImm) else None
+        s_ext = sch.get(spatial).extent
+        if isinstance(s_ext, tirx.IntImm) and int(s_ext) > 1:
+            sch.parallel(spatial)
+        if after:
+            epi = after[0].block_rv
+            sch.reverse_compute_at(epi, spatial, preserve_unit_loops=True)
+        if r_ext is not None and r_ext % lanes == 0 and r_ext >= 2 * lanes:
+            ro, ri = sch.split(r, [None, lanes])
+            out_ndim = len(sch.get(block).writes[0].source.shape)
+            rf = sch.rfactor(ri, factor_axis=out_ndim)  # lanes last: contiguous partial sums
+            sch.compute_at(rf, spatial, preserve_unit_loops=True)
+            rf_loops = sch.get_loops(rf)
+            kinds = [iv.iter_type for iv in sch.get(rf).iter_vars]
+            n_iter = len(kinds)
+            own = rf_loops[-n_iter:]
+            # the rf block iterates (lanes, spatial..., ro): lanes first, ro last
+            lane_loop, ro_loop = own[0], own[-1]
+            sch.reorder(ro_loop, lane_loop)
+            sch.vectorize(lane_loop)
+            sch.decompose_reduction(rf, ro_loop)
+        elif r_ext is not None and r_ext <= 64:
+            sch.unroll(r)
+        else:
+            sch.annotate(r, "pragma_auto_unroll_max_step", 16)
+            sch.annotate(r, "pragma_unroll_explicit", 1)
+        return sch
