@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from sepconv.models import (
     count_macs,
     count_params,
@@ -23,7 +25,6 @@ from sepconv.models.mobilenet_v1 import MobileNetV1
 from sepconv.models.mobilenet_v2 import MobileNetV2
 from sepconv.models.mobilenet_v3 import MobileNetV3
 from sepconv.models.shufflenet_v2 import ShuffleNetV2
-from torch import nn
 
 M = 1_000_000
 

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+
+from sepconv.errors import UnknownModelError
 from sepconv.models import FAMILIES, count_macs, count_params, get_model, list_models
 from sepconv.models.efficientnet import (
     ALPHA,
@@ -15,8 +17,6 @@ from sepconv.models.efficientnet import (
     EfficientNet,
     compound_scaling,
 )
-
-from sepconv.errors import UnknownModelError
 
 # torchvision's parameter counts for efficientnet_b0 … b7 (published coefficients)
 TORCHVISION_PARAMS = [

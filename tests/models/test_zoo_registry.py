@@ -7,6 +7,8 @@ import types
 
 import pytest
 import torch
+
+from sepconv.errors import ModelLoadError, SepconvError, UnknownModelError
 from sepconv.models import (
     FAMILIES,
     ModelInfo,
@@ -17,8 +19,6 @@ from sepconv.models import (
     parse_name,
 )
 from sepconv.models.mobilenet_v2 import MobileNetV2
-
-from sepconv.errors import ModelLoadError, SepconvError, UnknownModelError
 
 
 @pytest.mark.parametrize(

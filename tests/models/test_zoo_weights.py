@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from sepconv.models import get_model, init_weights
 from torch import nn
 
 from sepconv.errors import ModelLoadError
+from sepconv.models import get_model, init_weights
 
 SMALL = "mobilenet_v2:0.35@64"
 
