@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 
 from sepconv.compiler.importer import ImportedGraph
-from sepconv.compiler.passes import fold_batch_norm, lift_constants
+from sepconv.compiler.passes import fast_sigmoid, fold_batch_norm, lift_constants
 from sepconv.errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class BuildStats:
     """What the build did, for the manifest and the CLI."""
 
     primfuncs: list[str] = field(default_factory=list)
+    sepconv_ops: dict | None = None  # what the separable rewrite did; None when it was off
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -43,6 +44,7 @@ class BuildStats:
             "tasks_total": self.tasks_total,
             "tasks_tuned": self.tasks_tuned,
             "tuned_functions": sorted(self.tuned),
+            "sepconv_ops": self.sepconv_ops,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -54,11 +56,32 @@ class BuildResult:
     stats: BuildStats
 
 
-def prepare_graph(graph: ImportedGraph) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
-    """Target-independent graph passes; returns the module and its lifted weights."""
+def uses_sepconv_ops(target: tvm.target.Target, sepconv_ops: bool) -> bool:
+    """Our separable operators have CPU (LLVM) schedules; other targets keep TVM's convs."""
+    return sepconv_ops and target.kind.name == "llvm"
+
+
+def prepare_graph(
+    graph: ImportedGraph, target: tvm.target.Target, sepconv_ops: bool = True
+) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict | None]:
+    """Graph passes; returns the module, its lifted weights and the separable-rewrite stats.
+
+    With ``sepconv_ops`` (CPU targets), depthwise/pointwise convs and fused dw→pw chains become
+    our own operators (:mod:`sepconv.compiler.separable`); without, TVM's conv2d is kept — the
+    switch exists to measure the gain and to bisect a suspected miscompile.
+    """
     mod = fold_batch_norm(graph.mod)
     mod = relax.transform.FoldConstant()(mod)
-    return lift_constants(mod)
+    stats = None
+    if uses_sepconv_ops(target, sepconv_ops):
+        from sepconv.compiler.separable import apply_separable_ops
+
+        mod, sep = apply_separable_ops(mod)
+        stats = sep.to_json()
+    if target.kind.name == "llvm":
+        mod = fast_sigmoid(mod)  # after the layout change: it has no layout rule of its own
+    mod, weights = lift_constants(mod)
+    return mod, weights, stats
 
 
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -75,6 +98,17 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
             ]
         )
         return seq(mod)
+
+
+def lower(
+    graph: ImportedGraph, target: tvm.target.Target, sepconv_ops: bool = True
+) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict | None]:
+    """Graph passes + legalize + fuse: exactly the PrimFuncs that are scheduled, tuned and built.
+
+    Tuning extracts its tasks from this, so tuning records match what ``build`` compiles.
+    """
+    mod, weights, stats = prepare_graph(graph, target, sepconv_ops)
+    return fuse(mod, target), weights, stats
 
 
 def primfunc_names(mod: tvm.IRModule) -> list[str]:
@@ -106,14 +140,18 @@ def _finalize_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def build(
-    graph: ImportedGraph, target: tvm.target.Target, database=None, on_stage=None
+    graph: ImportedGraph,
+    target: tvm.target.Target,
+    database=None,
+    on_stage=None,
+    sepconv_ops: bool = True,
 ) -> BuildResult:
     """``on_stage(name)`` is called as each stage starts (the CLI shows it as progress)."""
     on_stage = on_stage or (lambda _name: None)
     stats = BuildStats()
     on_stage("graph passes")
     t0 = time.perf_counter()
-    mod, weights = prepare_graph(graph)
+    mod, weights, stats.sepconv_ops = prepare_graph(graph, target, sepconv_ops)
     stats.seconds["graph_passes"] = time.perf_counter() - t0
 
     on_stage("lower and schedule")

@@ -3,16 +3,23 @@
 CPU (LLVM: x86 AVX-512/AVX2, ARM NEON), each rule parameterised by the target's vector width,
 register count and core count (:mod:`.target_params`), never copied per target:
 
-=====================  =====================================================================
-rule                   takes
-=====================  =====================================================================
-``DepthwiseConv2D``    NCHW conv2d with groups == in_channels (+ bias/BN/activation epilogue)
-``Conv2D``             any other NCHW conv2d: pointwise 1×1, the stem, grouped convs
-``Dense``              matmul / linear layers (classifier, SE fully-connected layers)
-``Reduction``          global average pooling, means, sums, softmax
-``Injective``          elementwise, broadcast, reshape, transpose, concat, split
-``Fallback``           anything: parallelises what it can, never fails
-=====================  =====================================================================
+=========================  =================================================================
+rule                       takes
+=========================  =================================================================
+``FusedDepthwisePointwise`` our fused ``sepconv_dw → act → sepconv_pw`` operator (NHWC)
+``SepconvDepthwise``        our ``sepconv_dw`` (NHWC depthwise, + epilogue)
+``SepconvPointwise``        our ``sepconv_pw`` (NHWC 1×1 GEMM, + epilogue)
+``SepconvConv``             our ``sepconv_conv`` (NHWC dense conv: the stem)
+``DepthwiseConv2D``         NCHW conv2d with groups == in_channels (``--no-sepconv-ops``)
+``Conv2D``                  any other NCHW conv2d: grouped convs, and all convs without our ops
+``Dense``                   matmul / linear layers (classifier)
+``Reduction``               global average pooling, means, sums, softmax
+``Injective``               elementwise, broadcast, reshape, transpose, concat, split
+``Fallback``                anything: parallelises what it can, never fails
+=========================  =================================================================
+
+Our operators' four rules share one mechanism, the NHWC output register tile of
+:mod:`.nhwc_tile`; the NCHW rules serve graphs compiled without our operators.
 
 Use::
 
@@ -41,8 +48,12 @@ from .conv2d import Conv2D
 from .dense import Dense
 from .depthwise_conv import DepthwiseConv2D
 from .fallback import Fallback
+from .fused_dw_pw import FusedDepthwisePointwise
 from .injective import Injective
 from .reduction import Reduction
+from .sepconv_conv import SepconvConv
+from .sepconv_dw import SepconvDepthwise
+from .sepconv_pw import SepconvPointwise
 from .target_params import CpuParams, cpu_params
 
 log = logging.getLogger(__name__)
@@ -55,7 +66,11 @@ __all__ = [
     "DepthwiseConv2D",
     "Fallback",
     "Injective",
+    "FusedDepthwisePointwise",
     "Reduction",
+    "SepconvConv",
+    "SepconvDepthwise",
+    "SepconvPointwise",
     "apply_schedules",
     "cpu_params",
     "cpu_rules",
@@ -74,7 +89,18 @@ def cpu_rules(target: Target | None = None) -> list:
     needs from the target it is applied with).
     """
     del target
-    return [DepthwiseConv2D(), Conv2D(), Dense(), Reduction(), Injective(), Fallback()]
+    return [
+        FusedDepthwisePointwise(),
+        SepconvDepthwise(),
+        SepconvPointwise(),
+        SepconvConv(),
+        DepthwiseConv2D(),
+        Conv2D(),
+        Dense(),
+        Reduction(),
+        Injective(),
+        Fallback(),
+    ]
 
 
 def is_scheduled(func) -> bool:
@@ -168,4 +194,3 @@ def apply_schedules(
             "Fallback at the end of the rule list"
         )
     return mod
-

@@ -120,7 +120,7 @@ class Conv2DInfo:
     """An NCHW 2-D convolution found in a PrimFunc (dense, grouped or depthwise)."""
 
     block: SBlockRV
-    """The reduction block ``out[n, f, y, x] += data[n, c, y*s + ry*d, x*s + rx*d] * w[f, c, ry, rx]``."""
+    """The reduction ``out[n, f, y, x] += data[n, c, y*s + ry*d, x*s + rx*d] * w[f, c, ry, rx]``."""
     batch: int
     out_channels: int
     out_h: int
@@ -157,10 +157,7 @@ class Conv2DInfo:
     def is_pointwise(self) -> bool:
         """A 1×1 stride-1 convolution without padding: a GEMM over the flattened H·W axis."""
         return (
-            self.kernel_h == 1
-            and self.kernel_w == 1
-            and self.stride == (1, 1)
-            and not self.padded
+            self.kernel_h == 1 and self.kernel_w == 1 and self.stride == (1, 1) and not self.padded
         )
 
     @property
@@ -181,7 +178,7 @@ def _has_if_then_else(stmt) -> bool:
 
     def visit_call(node):
         nonlocal found
-        if getattr(node.op, "name", "") .endswith("if_then_else"):
+        if getattr(node.op, "name", "").endswith("if_then_else"):
             found = True
 
     def visit_select(node):
@@ -255,9 +252,10 @@ def _match_conv2d_nchw(sch: s_tir.Schedule) -> Conv2DInfo | None:
     weight = data = None
     for ld in loads:
         vars_ = _index_vars(ld.indices)
-        if vars_ is not None and [v.same_as(w) for v, w in zip(vars_, (f, rc, ry, rx))] == [
-            True
-        ] * 4:
+        if (
+            vars_ is not None
+            and [v.same_as(w) for v, w in zip(vars_, (f, rc, ry, rx))] == [True] * 4
+        ):
             weight = ld
         else:
             data = ld

@@ -104,9 +104,7 @@ def time_primfunc(func, target, number: int = 20, repeat: int = 7) -> float:
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = [
-        tvm.runtime.tensor(
-            rng.uniform(-1, 1, [int(s) for s in p.shape]).astype(str(p.dtype)), dev
-        )
+        tvm.runtime.tensor(rng.uniform(-1, 1, [int(s) for s in p.shape]).astype(str(p.dtype)), dev)
         for p in func.params
     ]
     timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20)
@@ -170,7 +168,9 @@ def main(argv=None) -> dict:
         fn = vm["main"]
         results[f"{name} ms"] = _median_ms(lambda fn=fn: fn(xt), args.runs)
     results["schedule seconds"] = sched_s
-    results["rule hits"] = {r: sum(1 for v in report.values() if v == r) for r in set(report.values())}
+    results["rule hits"] = {
+        r: sum(1 for v in report.values() if v == r) for r in set(report.values())
+    }
     try:
         results["loadavg"] = os.getloadavg()[0]
     except OSError:
@@ -179,7 +179,10 @@ def main(argv=None) -> dict:
     print(f"{spec.name}, batch 1, {args.threads} threads, median of {args.runs}")
     print(f"  torch eager    {results['torch eager ms']:8.2f} ms")
     for name in vms:
-        print(f"  {name:14s} {results[name + ' ms']:8.2f} ms   (max err {results[name + ' max_err']:.2g})")
+        print(
+            f"  {name:14s} {results[name + ' ms']:8.2f} ms   "
+            f"(max err {results[name + ' max_err']:.2g})"
+        )
     print(f"  rules: {results['rule hits']}  (scheduling took {sched_s:.2f} s)")
 
     if args.layers:
@@ -204,7 +207,10 @@ def main(argv=None) -> dict:
             rows.append((after * calls.get(name, 1), name, func, after))
         rows.sort(key=lambda r: r[0], reverse=True)
         results["layers"] = []
-        print(f"\n  {'function':42s} {'rule':16s} {'calls':>5s} {'untuned µs':>11s} {'ours µs':>9s}  rate")
+        print(
+            f"\n  {'function':42s} {'rule':16s} {'calls':>5s} "
+            f"{'untuned µs':>11s} {'ours µs':>9s}  rate"
+        )
         for _, name, func, after in rows[: args.layers]:
             before = time_primfunc(func, target, number=2, repeat=3)
             unit, amount = _func_cost(func)

@@ -242,9 +242,7 @@ def schedule_spatial_vector(
         n, f, y, s, rc, ry, rx = sch.get_loops(conv)
         outer_spatial, red = [n, y], [rc, ry, rx]
         s_extent = info.out_w
-    tile_f = _tile(
-        sch, tunable, [d for d in divisors(info.out_channels) if d <= 16], tiles.tile_f
-    )
+    tile_f = _tile(sch, tunable, [d for d in divisors(info.out_channels) if d <= 16], tiles.tile_f)
     fo, fi = sch.split(f, [None, tile_f])
     if tiles.tile_s % lanes == 0:
         n_vec = _tile(

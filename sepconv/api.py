@@ -77,10 +77,15 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     validate: bool = False,
     mcpu: str | None = None,
     cuda_arch: str | None = None,
+    sepconv_ops: bool = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> Artifact:
     """Compile a zoo model (by name) or an ``nn.Module`` (with ``example_input``) into an
-    artifact directory ``out`` (default ``build/<name>.sepconv``)."""
+    artifact directory ``out`` (default ``build/<name>.sepconv``).
+
+    ``sepconv_ops=False`` keeps TVM's own conv2d instead of our depthwise / fused
+    depthwise→pointwise operators (to measure their gain or bisect a suspected miscompile).
+    """
     from sepconv.compiler.artifact import versions, write_artifact
     from sepconv.compiler.build import build
     from sepconv.compiler.importer import import_module
@@ -105,7 +110,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
         )
     on_stage("export")
     graph = import_module(module, inputs)
-    result = build(graph, tspec.target, on_stage=on_stage)
+    result = build(graph, tspec.target, on_stage=on_stage, sepconv_ops=sepconv_ops)
     on_stage("write artifact")
     manifest = Manifest(
         model=record,

@@ -86,6 +86,7 @@ def cmd_compile(args) -> int:
         validate=args.validate,
         mcpu=args.mcpu,
         cuda_arch=args.cuda_arch,
+        sepconv_ops=not args.no_sepconv_ops,
         on_stage=progress,
     )
     total = progress.done()
@@ -95,6 +96,12 @@ def cmd_compile(args) -> int:
         f"  target {art.manifest.target['triple']} ({art.manifest.target.get('key', '')}); "
         f"{b['tasks_tuned']} of {b['tasks_total']} tasks tuned"
     )
+    ops = b.get("sepconv_ops")
+    if ops:
+        print(
+            f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "
+            f"{ops['pointwise']} pointwise, {ops['dense']} other convs"
+        )
     if art.manifest.validation is not None:
         v = art.manifest.validation
         print(f"  validation: {'PASS' if v['passed'] else 'FAIL'}")
@@ -189,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--mcpu", help="LLVM CPU name to compile for instead of the detected one")
     c.add_argument("--cuda-arch", help="CUDA arch for --target cuda, e.g. sm_90")
+    c.add_argument(
+        "--no-sepconv-ops",
+        action="store_true",
+        help="keep TVM's conv2d instead of our depthwise / fused dw→pw operators "
+        "(measure their gain, bisect a suspected miscompile)",
+    )
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("validate", help="compare a compiled artifact with eager PyTorch")

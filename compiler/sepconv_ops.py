@@ -1,0 +1,138 @@
+"""What our operators compute (TE), in NHWC with channels innermost.
+
+Channels-last puts the channel axis in the SIMD lanes: a depthwise conv then does full-width vector
+multiply-adds with no gathers, and a pointwise conv is a plain GEMM over the channel axis. Block
+names are the operators' identity: the schedule rules in ``schedules/`` recognise our operators by
+them (``sepconv_dw``, ``sepconv_pw``, ``sepconv_conv``, ``sepconv_dw_act``), even after FuseOps has
+merged epilogues (bias, activation, residual add) into the same PrimFunc.
+
+Weights layouts (chosen for the vector lanes, folded at compile time):
+  depthwise ``[KH, KW, C·M]``   pointwise ``[C, O]``   dense conv ``[KH, KW, C, O]`` (HWIO)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tvm import te, tirx
+
+PAD = "sepconv_pad"
+DW = "sepconv_dw"
+DW_ACT = "sepconv_dw_act"
+PW = "sepconv_pw"
+CONV = "sepconv_conv"
+
+
+def _pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int]) -> te.Tensor:
+    top, left, bottom, right = pad
+    if not any(pad):
+        return x
+    n, h, w, c = x.shape
+    zero = tirx.const(0.0, x.dtype)
+    return te.compute(
+        (n, h + top + bottom, w + left + right, c),
+        lambda i, y, z, k: tirx.if_then_else(
+            tirx.all(y >= top, y < h + top, z >= left, z < w + left),
+            x[i, y - top, z - left, k],
+            zero,
+        ),
+        name=PAD,
+    )
+
+
+def _out_size(size, k, stride, pad_lo, pad_hi, dilation):
+    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+def depthwise_nhwc(
+    x: te.Tensor,
+    w: te.Tensor,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    multiplier: int = 1,
+    name: str = DW,
+) -> te.Tensor:
+    """y[n,h,w,k] = Σ_{kh,kw} x[n, h·s+kh·d, w·s+kw·d, k // M] · W[kh, kw, k]."""
+    n, h, wd, _ = x.shape
+    kh_, kw_, k_out = w.shape
+    xp = _pad_nhwc(x, pad)
+    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    rh = te.reduce_axis((0, kh_), "kh")
+    rw = te.reduce_axis((0, kw_), "kw")
+
+    def channel(k):
+        return k if multiplier == 1 else k // multiplier
+
+    return te.compute(
+        (n, oh, ow, k_out),
+        lambda i, y, z, k: te.sum(
+            xp[i, y * stride[0] + rh * dilation[0], z * stride[1] + rw * dilation[1], channel(k)]
+            * w[rh, rw, k],
+            axis=[rh, rw],
+        ),
+        name=name,
+    )
+
+
+def pointwise_nhwc(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
+    """y[n,h,w,o] = Σ_c x[n,h,w,c] · W[c,o] — a GEMM over the channel axis."""
+    n, h, wd, c = x.shape
+    rc = te.reduce_axis((0, c), "rc")
+    return te.compute(
+        (n, h, wd, w.shape[1]),
+        lambda i, y, z, o: te.sum(x[i, y, z, rc] * w[rc, o], axis=rc),
+        name=name,
+    )
+
+
+def conv_nhwc(
+    x: te.Tensor,
+    w: te.Tensor,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+) -> te.Tensor:
+    """Dense (groups = 1) conv, HWIO weights: the stem and any full conv."""
+    n, h, wd, _ = x.shape
+    kh_, kw_, c, o = w.shape
+    xp = _pad_nhwc(x, pad)
+    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    rh = te.reduce_axis((0, kh_), "kh")
+    rw = te.reduce_axis((0, kw_), "kw")
+    rc = te.reduce_axis((0, c), "rc")
+    return te.compute(
+        (n, oh, ow, o),
+        lambda i, y, z, k: te.sum(
+            xp[i, y * stride[0] + rh * dilation[0], z * stride[1] + rw * dilation[1], rc]
+            * w[rh, rw, rc, k],
+            axis=[rh, rw, rc],
+        ),
+        name=CONV,
+    )
+
+
+Activation = Callable[[object], object]  # PrimExpr → PrimExpr
+
+
+def fused_dw_pw_nhwc(
+    x: te.Tensor,
+    w_dw: te.Tensor,
+    b_dw: te.Tensor,
+    w_pw: te.Tensor,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    activation: Activation,
+) -> te.Tensor:
+    """depthwise → + bias → activation → pointwise, as one operator.
+
+    Bytes saved: the depthwise output (N·OH·OW·C floats) is never written to memory in full and
+    read back; the schedule produces it one output row at a time into a cache-resident buffer
+    that the pointwise GEMM consumes immediately.
+    """
+    dw = depthwise_nhwc(x, w_dw, stride, pad, dilation)
+    act = te.compute(dw.shape, lambda i, y, z, k: activation(dw[i, y, z, k] + b_dw[k]), name=DW_ACT)
+    return pointwise_nhwc(act, w_pw)

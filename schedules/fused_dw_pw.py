@@ -1,0 +1,75 @@
+"""Fused depthwise → pointwise (``sepconv_dw`` → ``sepconv_dw_act`` → ``sepconv_pw``).
+
+The point of fusing: the depthwise output (``N·OH·OW·C`` floats — 4.8 MB for MobileNetV2's first
+expanded block) is never written to memory in full. Each parallel task owns one output row:
+
+    parallel over output rows (n, h)
+      depthwise row  [OW, C]   register-tiled like ``sepconv_dw``, bias + activation applied
+                               straight from the accumulators into a row buffer (OW·C·4 bytes:
+                               ≤ 56 KB at 224, so it stays in L1/L2)
+      pointwise row  [OW, O]   the GEMM micro-kernel of ``sepconv_pw`` reading that buffer
+      epilogue                 bias, activation, residual add from the accumulators
+
+Both halves use :func:`.nhwc_tile.tile_output`, the mechanism every operator rule shares.
+``tunable=True`` samples both tiles; "where the intermediate is computed" is a choice too: per
+row (the default) or per row and pixel tile (``p`` pixels × C, smaller but recomputed for nothing
+— a 1×1 pointwise needs no halo — and with less reuse of the pointwise weights).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from sepconv.compiler.sepconv_ops import DW, DW_ACT, PAD, PW
+
+from .base import CpuRule
+from .nhwc_tile import (
+    choose_tile,
+    named_blocks,
+    output_epilogue,
+    sample_tile,
+    tile_candidates,
+    tile_output,
+)
+from .target_params import cpu_params
+
+
+def _out_dims(sch, block) -> tuple[int, int]:
+    _, _, out_w, channels = (int(x) for x in sch.get(block).writes[0].source.shape)
+    return out_w, channels
+
+
+class FusedDepthwisePointwise(CpuRule):
+    """One output row per task: a depthwise row into cache, then the pointwise GEMM on it."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = named_blocks(sch)
+        if blocks is None or not all(b in blocks for b in (DW, DW_ACT, PW)):
+            return None
+        names = list(blocks)
+        if names[: names.index(PW) + 1] != [n for n in (PAD, DW, DW_ACT, PW) if n in blocks]:
+            return None
+        params = cpu_params(target)
+        if PAD in blocks:
+            sch.compute_inline(blocks[PAD])
+        dw, act, pw = blocks[DW], blocks[DW_ACT], blocks[PW]
+        epilogue = output_epilogue(sch, pw, [blocks[n] for n in names[names.index(PW) + 1 :]])
+
+        pw_tile = choose_tile(*_out_dims(sch, pw), params)
+        dw_tile = choose_tile(*_out_dims(sch, dw), params, max_k=4)
+        if tunable:
+            pw_tile = sample_tile(sch, tile_candidates(*_out_dims(sch, pw), params), pw_tile)
+            dw_tile = sample_tile(
+                sch, tile_candidates(*_out_dims(sch, dw), params, max_k=4), dw_tile
+            )
+        row = tile_output(sch, pw, epilogue, pw_tile, params, split_channels=False)
+        if row is None:
+            return None
+        sch.compute_at(act, row, preserve_unit_loops=True)
+        sch.compute_at(dw, row, preserve_unit_loops=True)
+        tile_output(sch, dw, act, dw_tile, params, parallel=False)
+        return sch

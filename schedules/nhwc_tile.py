@@ -1,0 +1,185 @@
+"""The one mechanism behind our separable operators' rules: an NHWC output register tile.
+
+Every operator of :mod:`sepconv.compiler.sepconv_ops` writes ``out[n, h, w, o]`` with the channel
+axis innermost, so every rule (depthwise, pointwise, dense conv, fused depthwise→pointwise) tiles
+its output the same way and differs only in the reduction it runs inside the tile:
+
+    parallel (n, h[, w-tiles])            one output row per task
+      for w-tile, o-tile                  P pixels × k vectors of V channels
+        for reduction (kh, kw | c)        outside the register tile: accumulators stay put
+          for p < P, j < k: vector FMA    P·k accumulators in registers, V lanes each
+        epilogue (bias, activation, residual) straight from the accumulators
+
+``V`` comes from the target (16 fp32 lanes on AVX-512, 8 on AVX2, 4 on NEON) and ``P·k`` from its
+register count, so the same code serves every CPU target. Blocks are recognised by the names our
+operators give them (``sepconv_dw``, ``sepconv_pw`` …), which survive FuseOps/FuseTIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir
+from tvm.s_tir.schedule import SBlockRV
+
+from .analysis import as_int, divisors, inline_all, top_blocks
+from .injective import schedule_spatial_block
+from .target_params import CpuParams
+
+# Pixels per tile the heuristic may choose; 7 divides every MobileNet/EfficientNet width at 224.
+PIXEL_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
+
+
+@dataclass(frozen=True)
+class OutputTile:
+    vec: int  # channel lanes per vector (a power of two dividing the channel count)
+    k: int  # vectors of channels per tile
+    p: int  # pixels (along w) per tile
+
+    @property
+    def channels(self) -> int:
+        return self.vec * self.k
+
+
+def vector_lanes(channels: int, params: CpuParams) -> int:
+    """Widest power-of-two vector (≤ the register) that divides ``channels``: no ragged tails."""
+    vec = params.lanes("float32")
+    while vec > 1 and channels % vec:
+        vec //= 2
+    return vec
+
+
+def choose_tile(out_w: int, channels: int, params: CpuParams, max_k: int = 8) -> OutputTile:
+    """Largest P·k accumulator tile that fits the registers, P dividing the row, k the channels.
+
+    Ties prefer more pixels (P): each weight vector loaded is then reused across more pixels.
+    """
+    vec = vector_lanes(channels, params)
+    budget = params.accumulator_regs
+    best = OutputTile(vec, 1, 1)
+    for p in (d for d in PIXEL_TILES if out_w % d == 0):
+        for k in divisors(channels // vec):
+            if k > max_k or p * k > budget:
+                continue
+            if (p * k, p) > (best.p * best.k, best.p):
+                best = OutputTile(vec, k, p)
+    return best
+
+
+def tile_candidates(out_w: int, channels: int, params: CpuParams, max_k: int = 8):
+    """Every tile that fits the registers: the design space the tunable rules sample from."""
+    vec = vector_lanes(channels, params)
+    return [
+        OutputTile(vec, k, p)
+        for p in PIXEL_TILES
+        if out_w % p == 0
+        for k in divisors(channels // vec)
+        if k <= max_k and p * k <= params.accumulator_regs
+    ]
+
+
+def named_blocks(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:
+    """Top-level blocks by name; None when the function has nested blocks (not ours)."""
+    blocks = top_blocks(sch)
+    if blocks is None:
+        return None
+    return {sch.get(b).name_hint: b for b in blocks}
+
+
+def sample_tile(sch: s_tir.Schedule, cands: list[OutputTile], default: OutputTile):
+    """Pick a tile: the default, or with ``sch`` in tuning mode a sampled one (as ints)."""
+    if default not in cands:
+        cands = [default, *cands]
+    index = cands.index(default)
+    pick = sch.sample_categorical(
+        list(range(len(cands))), [1.0 / len(cands)] * len(cands), decision=index
+    )
+    return cands[int(sch.get(pick))]
+
+
+def output_epilogue(sch: s_tir.Schedule, main: SBlockRV, after: list[SBlockRV]) -> SBlockRV:
+    """Inline the elementwise blocks after ``main`` into the last one, which writes the output.
+
+    Without any, a cache-write stage becomes the epilogue, so the reduction still accumulates in
+    a tile-sized buffer rather than in the output tensor.
+    """
+    if not after:
+        return sch.cache_write(main, 0, "global")
+    *middle, last = after
+    left = inline_all(sch, middle)
+    if left:
+        left = inline_all(sch, left, reverse=True)
+    if left:
+        raise ValueError(f"epilogue blocks could not be inlined: {left}")
+    return last
+
+
+def tile_output(
+    sch: s_tir.Schedule,
+    block: SBlockRV,
+    epilogue: SBlockRV | None,
+    tile: OutputTile,
+    params: CpuParams,
+    parallel: bool = True,
+    unroll_reduction: bool = True,
+    split_channels: bool = True,
+):
+    """Register-tile ``block`` (loops n, h, w, o, *reduction) as the module docstring draws it.
+
+    Returns the parallel loop so that a caller can compute a producer there (the fused rule
+    computes one depthwise row per task, and passes ``split_channels=False`` so that a task
+    never holds only part of a row's channels — that would recompute the row per part).
+    """
+    if epilogue is not None and _out_shape(sch, epilogue) != _out_shape(sch, block):
+        # a broadcast epilogue (squeeze-and-excitation's gate × feature map): the small
+        # reduction runs once, the large elementwise product is parallelised on its own
+        tile_output(sch, block, None, tile, params, parallel=False)
+        schedule_spatial_block(sch, epilogue, params)
+        return None
+    n_red = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == 2)  # CommReduce
+    n, h, w, o, *red = sch.get_loops(block)[-(4 + n_red) :]
+    wo, wi = sch.split(w, [None, tile.p])
+    oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
+    sch.reorder(n, h, wo, oo, *red, wi, ok, ov)
+    for lp in (wi, ok):
+        sch.unroll(lp)
+    if unroll_reduction:
+        for lp in red:
+            if (as_int(sch.get(lp).extent) or 99) <= 7:
+                sch.unroll(lp)
+    if tile.vec > 1:
+        sch.vectorize(ov)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
+        _vectorize_tail(sch, epilogue, tile)
+    row = h
+    if parallel:
+        # at least 4 tasks per core (7×7 maps have only 7 rows): add pixel, then channel tiles
+        row = sch.fuse(n, h)
+        for more in (wo, oo) if split_channels else (wo,):
+            if (as_int(sch.get(row).extent) or 1) >= 4 * params.num_cores:
+                break
+            row = sch.fuse(row, more)
+        sch.parallel(row)
+    if red:
+        # after parallel: the init/update pair is not a "complete" block that parallel accepts
+        init = sch.decompose_reduction(block, red[0])
+        _vectorize_tail(sch, init, tile)
+    return row
+
+
+def _out_shape(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:
+    return [int(x) for x in sch.get(block).writes[0].source.shape]
+
+
+def _vectorize_tail(sch: s_tir.Schedule, block: SBlockRV, tile: OutputTile) -> None:
+    """The block's last loop covers a P × k·V tile: split it into k vectors of V lanes."""
+    loops = sch.get_loops(block)
+    pix, ch = loops[-2], loops[-1]
+    extent = as_int(sch.get(ch).extent)
+    if extent == tile.channels and tile.vec > 1:
+        ko, kv = sch.split(ch, [None, tile.vec])
+        sch.unroll(ko)
+        sch.vectorize(kv)
+    if as_int(sch.get(pix).extent) == tile.p:
+        sch.unroll(pix)
