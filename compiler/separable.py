@@ -253,13 +253,35 @@ def rewrite_separable(mod: tvm.IRModule, fuse: bool = True) -> tuple[tvm.IRModul
     return out, rw.stats
 
 
+def has_depthwise_conv(mod: tvm.IRModule) -> bool:
+    found = []
+
+    def visit(expr):
+        if (
+            isinstance(expr, relax.Call)
+            and isinstance(expr.op, tvm.ir.Op)
+            and expr.op.name == "relax.nn.conv2d"
+            and _is_depthwise(expr)
+        ):
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return bool(found)
+
+
 def apply_separable_ops(
     mod: tvm.IRModule, fuse: bool = True
 ) -> tuple[tvm.IRModule, SeparableStats]:
     """The whole rewrite, on a module whose weights are still constants (BN already folded).
 
+    A graph without a depthwise conv is returned unchanged: there is nothing separable in it.
+
     clip → max/min, NHWC layout, our operators, then constant folding of the weight transposes.
     """
+    if not has_depthwise_conv(mod):
+        return mod, SeparableStats()
     mod = to_channels_last(mod)
     mod, stats = rewrite_separable(mod, fuse=fuse)
     return relax.transform.FoldConstant()(mod), stats

@@ -1,0 +1,176 @@
+"""Structural tests of our operators' rules: what they accept, what code they emit per target,
+their design space, and that ARM code cross-compiles."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import s_tir
+
+from sepconv.compiler.build import lower
+from sepconv.compiler.importer import import_module
+from sepconv.schedules import (
+    FusedDepthwisePointwise,
+    SepconvConv,
+    SepconvDepthwise,
+    SepconvPointwise,
+    apply_schedules,
+)
+from sepconv.schedules.nhwc_tile import choose_tile, tile_candidates
+from sepconv.schedules.target_params import cpu_params
+from tests.compiler.separable_cases import DepthwiseLayer, separable_block
+from tests.schedules.conftest import run_primfunc
+
+AVX512 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "skylake-avx512", "num-cores": 2}
+AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
+NEON = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": 4}
+
+RULES = {
+    "fused": FusedDepthwisePointwise(),
+    "dw": SepconvDepthwise(),
+    "pw": SepconvPointwise(),
+    "conv": SepconvConv(),
+}
+
+
+def block_functions(target_attrs, layer=None, act="relu6"):
+    """The PrimFuncs of stem conv → pointwise expand → separable block, for ``target_attrs``."""
+    layer = layer or DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, 64)
+    block = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.Conv2d(16, layer.channels, 1),
+        torch.nn.ReLU(),
+        separable_block(layer, act),
+    ).eval()
+    x = torch.randn(1, 3, layer.height, layer.width)
+    target = tvm.target.Target(target_attrs)
+    mod, _, _ = lower(import_module(block, (x,)), target)
+    return target, mod
+
+
+def by_block(mod, name):
+    """The PrimFunc whose blocks include ``name`` and none of our other operators' blocks."""
+    ours = {"sepconv_dw", "sepconv_pw", "sepconv_conv"}
+    for gv, f in mod.functions_items():
+        if not isinstance(f, tvm.tirx.PrimFunc):
+            continue
+        text = f.script()
+        present = {b for b in ours | {"sepconv_dw_act"} if f'T.sblock("{b}")' in text}
+        if name == "fused" and {"sepconv_dw", "sepconv_pw"} <= present:
+            return gv.name_hint, f
+        if present & ours == {name} and name != "fused":
+            return gv.name_hint, f
+    raise AssertionError(f"no function with {name}")
+
+
+OP_OF = {"fused": "fused", "dw": "sepconv_dw", "pw": "sepconv_pw", "conv": "sepconv_conv"}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_each_rule_takes_exactly_its_operator(rule):
+    layers = {
+        "fused": DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, 64),
+        "dw": DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, None),
+        "pw": DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, None),
+        "conv": DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, 64),
+    }
+    target, mod = block_functions(AVX512, layers[rule], act="hswish" if rule == "dw" else "relu6")
+    _, func = by_block(mod, OP_OF[rule])
+    assert RULES[rule].apply(func, target, False) is not None
+    for other, r in RULES.items():
+        if other != rule:
+            assert r.apply(func, target, False) is None, f"{other} took {rule}'s function"
+
+
+@pytest.mark.parametrize("target_attrs", [AVX512, AVX2, NEON], ids=["avx512", "avx2", "neon"])
+def test_vector_lanes_follow_the_target(target_attrs):
+    target, mod = block_functions(target_attrs)
+    _, func = by_block(mod, "fused")
+    sch = RULES["fused"].apply(func, target, False)
+    lanes = cpu_params(target).lanes()
+    text = sch.mod["main"].script()
+    assert "T.parallel" in text and "T.vectorized" in text
+    # every vectorised loop is exactly one register wide
+    widths = {
+        int(line.split("T.vectorized(")[1].split(")")[0].replace("T.int64(", ""))
+        for line in text.splitlines()
+        if "T.vectorized(" in line
+    }
+    assert widths == {lanes}, (widths, lanes)
+
+
+def test_fused_rule_keeps_the_intermediate_one_row_big():
+    """The depthwise output is allocated per row (OW × C), never the whole map."""
+    target, mod = block_functions(AVX512)
+    _, func = by_block(mod, "fused")
+    sch = RULES["fused"].apply(func, target, False)
+    t = tvm.s_tir.transform
+    lowered = tvm.transform.Sequential(
+        [
+            t.LowerInitBlock(),
+            t.PlanAndUpdateBufferAllocationLocation(),
+            t.ConvertBlocksToOpaque(),
+            t.CompactBufferAllocation(),
+        ]
+    )(sch.mod)
+    text = lowered["main"].script()
+    act_alloc = [line for line in text.splitlines() if "sepconv_dw_act" in line and "alloc" in line]
+    assert act_alloc, text[:2000]
+    assert "(T.int64(1), T.int64(1), T.int64(28), T.int64(32))" in act_alloc[0], act_alloc[0]
+
+
+def test_tile_fits_the_registers_and_divides_the_output():
+    for attrs in (AVX512, AVX2, NEON):
+        params = cpu_params(tvm.target.Target(attrs))
+        for out_w, channels in [(112, 96), (7, 960), (14, 58), (28, 24), (5, 3)]:
+            tile = choose_tile(out_w, channels, params)
+            assert out_w % tile.p == 0 and channels % tile.channels == 0
+            assert tile.p * tile.k <= params.accumulator_regs
+            assert tile in tile_candidates(out_w, channels, params)
+
+
+@pytest.mark.parametrize("rule", ["fused", "dw", "pw"])
+def test_tunable_space_samples_tiles_and_every_sample_is_correct(rule):
+    target, mod = block_functions(AVX512, act="hswish" if rule == "dw" else "relu6")
+    if rule == "dw":
+        target, mod = block_functions(
+            AVX512, DepthwiseLayer(32, 1, 3, 1, 1, 1, 28, 28, None), act="hswish"
+        )
+    _, func = by_block(mod, OP_OF[rule])
+    reference = run_primfunc(apply_schedules(tvm.IRModule({"main": func}), target)["main"], target)
+    sch = RULES[rule].apply(func, target, True)
+    assert any(inst.kind.name == "SampleCategorical" for inst in sch.trace.insts)
+    tiles = set()
+    for shift in range(3):
+
+        def other_decision(inst, inputs, attrs, decision, shift=shift):
+            if inst.kind.name != "SampleCategorical":
+                return decision
+            return (int(decision) + shift) % len(attrs[0])
+
+        traced = s_tir.Schedule(func)
+        sch.trace.apply_to_schedule(traced, remove_postproc=True, decision_provider=other_decision)
+        tiles.add(str(traced.trace))
+        out = run_primfunc(traced.mod["main"], target)
+        np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
+    assert len(tiles) == 3  # three different points of the space, all correct
+
+
+@pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-gcc") is None,
+    reason="needs Debian's gcc-aarch64-linux-gnu to cross-compile",
+)
+def test_neon_rules_cross_compile_and_export(tmp_path):
+    """Until the emulated ARM device runs it, ARM code must at least compile and link."""
+    import sepconv
+
+    art = sepconv.compile("mobilenet_v2:0.35@32", target="aarch64-linux-gnu", out=tmp_path / "arm")
+    ops = art.manifest.build["sepconv_ops"]
+    assert ops["fused_dw_pw"] > 0
+    with open(art.path / "model.so", "rb") as f:
+        header = f.read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # AArch64
