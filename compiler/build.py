@@ -62,13 +62,18 @@ def uses_sepconv_ops(target: tvm.target.Target, sepconv_ops: bool) -> bool:
 
 
 def prepare_graph(
-    graph: ImportedGraph, target: tvm.target.Target, sepconv_ops: bool = True
+    graph: ImportedGraph,
+    target: tvm.target.Target,
+    sepconv_ops: bool = True,
+    fuse_dw_pw: bool = True,
 ) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict | None]:
     """Graph passes; returns the module, its lifted weights and the separable-rewrite stats.
 
     With ``sepconv_ops`` (CPU targets), depthwise/pointwise convs and fused dw→pw chains become
     our own operators (:mod:`sepconv.compiler.separable`); without, TVM's conv2d is kept — the
     switch exists to measure the gain and to bisect a suspected miscompile.
+    ``fuse_dw_pw=False`` keeps depthwise and pointwise as two of our operators (to measure the
+    fusion alone).
     """
     mod = fold_batch_norm(graph.mod)
     mod = relax.transform.FoldConstant()(mod)
@@ -76,7 +81,7 @@ def prepare_graph(
     if uses_sepconv_ops(target, sepconv_ops):
         from sepconv.compiler.separable import apply_separable_ops
 
-        mod, sep = apply_separable_ops(mod)
+        mod, sep = apply_separable_ops(mod, fuse=fuse_dw_pw)
         stats = sep.to_json()
     if target.kind.name == "llvm":
         mod = fast_sigmoid(mod)  # after the layout change: it has no layout rule of its own
@@ -101,13 +106,16 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
 
 
 def lower(
-    graph: ImportedGraph, target: tvm.target.Target, sepconv_ops: bool = True
+    graph: ImportedGraph,
+    target: tvm.target.Target,
+    sepconv_ops: bool = True,
+    fuse_dw_pw: bool = True,
 ) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict | None]:
     """Graph passes + legalize + fuse: exactly the PrimFuncs that are scheduled, tuned and built.
 
     Tuning extracts its tasks from this, so tuning records match what ``build`` compiles.
     """
-    mod, weights, stats = prepare_graph(graph, target, sepconv_ops)
+    mod, weights, stats = prepare_graph(graph, target, sepconv_ops, fuse_dw_pw)
     return fuse(mod, target), weights, stats
 
 

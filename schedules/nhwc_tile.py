@@ -28,6 +28,13 @@ from .target_params import CpuParams
 
 # Pixels per tile the heuristic may choose; 7 divides every MobileNet/EfficientNet width at 224.
 PIXEL_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
+# TVM puts a buffer under 1 KiB on the stack, where LLVM promotes it to registers; a larger
+# accumulator tile goes to a heap workspace and every FMA becomes a load + store.
+MAX_TILE_BYTES = 1023
+
+
+def _fits(p: int, k: int, vec: int, params: CpuParams) -> bool:
+    return p * k <= params.accumulator_regs and p * k * vec * 4 <= MAX_TILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,10 @@ def choose_tile(out_w: int, channels: int, params: CpuParams, max_k: int = 8) ->
     Ties prefer more pixels (P): each weight vector loaded is then reused across more pixels.
     """
     vec = vector_lanes(channels, params)
-    budget = params.accumulator_regs
     best = OutputTile(vec, 1, 1)
     for p in (d for d in PIXEL_TILES if out_w % d == 0):
         for k in divisors(channels // vec):
-            if k > max_k or p * k > budget:
+            if k > max_k or not _fits(p, k, vec, params):
                 continue
             if (p * k, p) > (best.p * best.k, best.p):
                 best = OutputTile(vec, k, p)
@@ -74,7 +80,7 @@ def tile_candidates(out_w: int, channels: int, params: CpuParams, max_k: int = 8
         for p in PIXEL_TILES
         if out_w % p == 0
         for k in divisors(channels // vec)
-        if k <= max_k and p * k <= params.accumulator_regs
+        if k <= max_k and _fits(p, k, vec, params)
     ]
 
 
