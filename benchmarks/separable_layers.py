@@ -296,7 +296,12 @@ def main(argv=None) -> dict:
     tspec = resolve_target("host", num_cores=args.threads)
     dram_bw = copy_bandwidth_gbs(512 * 2**20, runs=10)
     print(f"target {tspec.key}, {args.threads} threads; 512 MB copy: {dram_bw:.1f} GB/s")
-    v2 = layers("mobilenet_v2")
+    v2 = list(
+        {
+            (lay.channels, lay.kernel, lay.stride, lay.height): lay
+            for lay in layers("mobilenet_v2")
+        }.values()
+    )
     v1 = [layer for layer in layers("mobilenet_v1") if layer.pointwise_out]
     if args.limit:
         v2, v1 = v2[: args.limit], v1[: args.limit]

@@ -32,34 +32,19 @@ def _median_ms(fn, runs: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def lower_to_tir(module, example, target):
-    """The compiler's lowering as of this room's writing: import → fold BN → legalize → fuse."""
-    import torch
+def lower_to_tir(module, example, target, sepconv_ops: bool = False):
+    """The compiler's own lowering (``sepconv.compiler.build.lower``), weights bound back in as
+    constants so that ``main`` takes only the input. NCHW (no separable operators) by default:
+    that is what this room's NCHW rules are measured on."""
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.torch import from_exported_program
-    from tvm.relax.transform.fold_batch_norm_to_conv2d_for_inference import (
-        FoldBatchnormToConv2D,
-    )
 
-    with torch.no_grad():
-        ep = torch.export.export(module.eval(), (example,))
-    mod = from_exported_program(ep, keep_params_as_input=False)
-    mod = FoldBatchnormToConv2D()(mod)
-    mod = relax.transform.FoldConstant()(mod)
-    mod = relax.transform.DecomposeOpsForInference()(mod)
-    with target:
-        mod = tvm.transform.Sequential(
-            [
-                relax.transform.LegalizeOps(),
-                relax.transform.AnnotateTIROpPattern(),
-                relax.transform.FoldConstant(),
-                relax.transform.FuseOps(),
-                relax.transform.FuseTIR(),
-                relax.transform.DeadCodeElimination(),
-            ]
-        )(mod)
-    return mod
+    from sepconv.compiler.build import lower
+    from sepconv.compiler.importer import import_module
+
+    mod, weights, _ = lower(import_module(module.eval(), (example,)), target, sepconv_ops)
+    params = {name: tvm.runtime.tensor(w) for name, w in weights.items()}
+    return relax.transform.BindParams("main", params)(mod)
 
 
 def build_vm(mod, target):
