@@ -2,7 +2,8 @@
 
     clip → max/min                     (so layout inference flows through ReLU6 / h-swish)
     ConvertLayout → NHWC, HWIO          (channels in the vector lanes; 2 transposes per model)
-    dw → +b → act → pw 1×1   ⇒  sepconv_dw_pw   (fused: the dw output never goes to memory)
+    dw → +b → act → pw 1×1   ⇒  sepconv_dw_pw   (fused: the dw output never goes to memory;
+                                                 act: ReLU, ReLU6, h-swish, SiLU or none)
     depthwise conv           ⇒  sepconv_dw
     pointwise 1×1 conv       ⇒  sepconv_pw
     other dense conv         ⇒  sepconv_conv
@@ -27,6 +28,7 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from sepconv.compiler import sepconv_ops as ops
+from sepconv.compiler.sepconv_ops import Activation
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,8 @@ class _Rewriter:
         if bias.size != k_out:
             return None
         act = pats.activation(m)
+        if act is None:
+            return None
         stride, pad, dil = _conv_params(dw_call)
         xp = _te_placeholder(x, "x")
         wdp = _ph((kh, kw, k_out), wdw.dtype, "w_dw")
@@ -209,25 +213,43 @@ class _Rewriter:
 
 
 class _FusedPatterns:
-    """dw conv → + bias → (relu | relu6 | identity) → pw conv."""
+    """dw conv → + bias → (relu | relu6 | h-swish | SiLU | identity) → pw conv."""
 
     def __init__(self):
         self.x, self.w_dw, self.b_dw, self.w_pw = wildcard(), is_const(), is_const(), is_const()
         self.dw = is_op("relax.nn.conv2d")(self.x, self.w_dw)
         self.biased = is_op("relax.add")(self.dw, self.b_dw)
-        self.relu = is_op("relax.nn.relu")(self.biased)
+        b = self.biased
+        self.relu = is_op("relax.nn.relu")(b)
         self.lo, self.hi = is_const(), is_const()
-        self.relu6 = is_op("relax.minimum")(is_op("relax.maximum")(self.biased, self.lo), self.hi)
-        self.act = self.relu6 | self.relu | self.biased
+        self.relu6 = is_op("relax.minimum")(is_op("relax.maximum")(b, self.lo), self.hi)
+        # h-swish as torch.export writes it (after clip → max/min): b · relu6(b + 3) / 6
+        self.c3, self.c0, self.c6, self.d6 = is_const(), is_const(), is_const(), is_const()
+        gate = is_op("relax.minimum")(
+            is_op("relax.maximum")(is_op("relax.add")(b, self.c3), self.c0), self.c6
+        )
+        self.hswish = is_op("relax.divide")(is_op("relax.multiply")(b, gate), self.d6)
+        self.silu = is_op("relax.multiply")(b, is_op("relax.sigmoid")(b))
+        self.act = self.hswish | self.silu | self.relu6 | self.relu | b
         self.pw = is_op("relax.nn.conv2d")(self.act, self.w_pw)
 
-    def activation(self, m):
-        zero = tirx.const(0.0, "float32")
+    def activation(self, m) -> Activation | None:
+        """The matched activation as a TE expression builder; None if its constants are odd."""
+        f32 = "float32"
+        if self.hswish in m:
+            consts = [_scalar(m[c]) for c in (self.c3, self.c0, self.c6, self.d6)]
+            if consts != [3.0, 0.0, 6.0, 6.0]:
+                return None
+            three, zero, six = (tirx.const(v, f32) for v in (3.0, 0.0, 6.0))
+            return lambda v: v * te.min(te.max(v + three, zero), six) / six
+        if self.silu in m:
+            return lambda v: v * te.sigmoid(v)
         if self.relu6 in m:
-            lo = tirx.const(_scalar(m[self.lo]), "float32")
-            hi = tirx.const(_scalar(m[self.hi]), "float32")
+            lo = tirx.const(_scalar(m[self.lo]), f32)
+            hi = tirx.const(_scalar(m[self.hi]), f32)
             return lambda v: te.min(te.max(v, lo), hi)
         if self.relu in m:
+            zero = tirx.const(0.0, f32)
             return lambda v: te.max(v, zero)
         return lambda v: v
 

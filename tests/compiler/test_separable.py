@@ -82,12 +82,14 @@ EXTRA = [
 
 @pytest.mark.parametrize("layer", EXTRA, ids=[layer.id for layer in EXTRA])
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("act", ["relu", "silu"])
+@pytest.mark.parametrize("act", ["relu", "hswish", "silu"])
 def test_shapes_beyond_the_zoo(layer, batch, act, host):
     block = separable_block(layer, act=act, seed=1)
     gen = torch.Generator().manual_seed(batch)
     x = torch.randn(batch, layer.channels, layer.height, layer.width, generator=gen)
-    assert_matches_eager(block, x, host)
+    ops = assert_matches_eager(block, x, host).sepconv_ops
+    fusable = layer.pointwise_out is not None and layer.multiplier == 1
+    assert ops["fused_dw_pw"] == int(fusable), ops
 
 
 def test_without_sepconv_ops_the_graph_keeps_tvm_convs(host):
