@@ -240,6 +240,20 @@ def print_table(rows: list[dict], title: str) -> None:
         print("  ".join(cells))
 
 
+def _bars(ax, rows: list[dict], name_key: str, series: list[tuple[str, str]], title: str) -> None:
+    names = [r[name_key] for r in rows]
+    xs = np.arange(len(names))
+    width = 0.8 / len(series)
+    for i, (key, label) in enumerate(series):
+        offset = (i - (len(series) - 1) / 2) * width
+        ax.bar(xs + offset, [r[key] for r in rows], width, label=label)
+    ax.set_xticks(xs, names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("µs (log)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+
+
 def plot(dw_rows: list[dict], fused_rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -247,35 +261,28 @@ def plot(dw_rows: list[dict], fused_rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(15, 5.5))
-    names = [r["layer"] for r in dw_rows]
-    xs = np.arange(len(names))
-    for i, (key, label) in enumerate(
+    _bars(
+        a,
+        dw_rows,
+        "layer",
         [
             ("torch_us", "torch eager (oneDNN)"),
             ("stock_tvm_us", "stock TVM"),
             ("ours_us", "sepconv"),
-        ]
-    ):
-        a.bar(xs + (i - 1) * 0.27, [r[key] for r in dw_rows], 0.27, label=label)
-    a.set_xticks(xs, names, rotation=60, ha="right", fontsize=7)
-    a.set_ylabel("µs (log)")
-    a.set_yscale("log")
-    a.set_title("MobileNetV2 depthwise layers (+bias+ReLU6), batch 1")
-    a.legend()
-    names = [r["block"] for r in fused_rows]
-    xs = np.arange(len(names))
-    for i, (key, label) in enumerate(
+        ],
+        "MobileNetV2 depthwise layers (+bias+ReLU6), batch 1",
+    )
+    _bars(
+        b,
+        fused_rows,
+        "block",
         [
             ("torch_us", "torch eager"),
             ("unfused_pair_us", "sepconv dw + pw"),
             ("fused_us", "sepconv fused"),
-        ]
-    ):
-        b.bar(xs + (i - 1) * 0.27, [r[key] for r in fused_rows], 0.27, label=label)
-    b.set_xticks(xs, names, rotation=60, ha="right", fontsize=7)
-    b.set_yscale("log")
-    b.set_title("MobileNetV1 separable blocks (dw→ReLU6→pw), batch 1")
-    b.legend()
+        ],
+        "MobileNetV1 separable blocks (dw→ReLU6→pw), batch 1",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -329,3 +329,15 @@ def inline_all(sch: s_tir.Schedule, blocks: list[SBlockRV], reverse: bool = Fals
 
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def vectorize_last(sch: s_tir.Schedule, block: SBlockRV, lanes: int, max_whole: int = 2):
+    """Vectorise the block's innermost loop: split by ``lanes`` when it divides, else the whole
+    loop when it is at most ``max_whole`` vectors long (LLVM splits it), else leave it scalar."""
+    loop = sch.get_loops(block)[-1]
+    extent = int(sch.get(loop).extent)
+    if extent % lanes == 0 and extent > lanes:
+        _, inner = sch.split(loop, [None, lanes])
+        sch.vectorize(inner)
+    elif 1 < extent <= max_whole * lanes:
+        sch.vectorize(loop)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .analysis import Conv2DInfo, divisors, inline_all, match_conv2d_nchw
+from .analysis import Conv2DInfo, divisors, inline_all, match_conv2d_nchw, vectorize_last
 from .base import CpuRule
 from .injective import schedule_spatial_block
 from .target_params import CpuParams, cpu_params
@@ -186,7 +186,7 @@ class Conv2D(CpuRule):
         if pad is not None:
             # pad only the rows this task reads, in cache, instead of testing bounds per load
             sch.compute_at(pad, par, preserve_unit_loops=True)
-            _vectorize_last(sch, pad, params.lanes("float32"))
+            vectorize_last(sch, pad, params.lanes("float32"))
         if broadcast is not None:
             schedule_spatial_block(sch, broadcast, params)
         return sch
@@ -215,17 +215,6 @@ def _tile(sch, tunable: bool, candidates: list[int], chosen: int):
         return chosen
     probs = [1.0 / len(candidates)] * len(candidates)
     return sch.sample_categorical(candidates, probs, decision=candidates.index(chosen))
-
-
-def _vectorize_last(sch, block, lanes: int):
-    """Vectorise the block's innermost loop: split by ``lanes`` when it divides, else whole."""
-    loop = sch.get_loops(block)[-1]
-    extent = int(sch.get(loop).extent)
-    if extent % lanes == 0 and extent > lanes:
-        _, inner = sch.split(loop, [None, lanes])
-        sch.vectorize(inner)
-    elif 1 < extent <= 2 * lanes:
-        sch.vectorize(loop)
 
 
 def schedule_spatial_vector(
@@ -267,8 +256,8 @@ def schedule_spatial_vector(
         sch.unroll(lp)
     sch.vectorize(inner[-1])
     init = sch.decompose_reduction(conv, red[0])
-    _vectorize_last(sch, init, lanes)
-    _vectorize_last(sch, epilogue, lanes)
+    vectorize_last(sch, init, lanes)
+    vectorize_last(sch, epilogue, lanes)
     return par
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from .analysis import Conv2DInfo, divisors, inline_all, match_conv2d_nchw
+from .analysis import Conv2DInfo, divisors, inline_all, match_conv2d_nchw, vectorize_last
 from .base import CpuRule
 from .target_params import CpuParams, cpu_params
 
@@ -100,8 +100,8 @@ class DepthwiseConv2D(CpuRule):
             sch.unroll(lp)
         sch.vectorize(x_inner[-1])
         init = sch.decompose_reduction(conv, rc)
-        _vectorize_last(sch, init, lanes)
-        _vectorize_last(sch, epilogue, lanes)
+        vectorize_last(sch, init, lanes, max_whole=4)
+        vectorize_last(sch, epilogue, lanes, max_whole=4)
         if pads:
             pad = pads[0]
             padded_w = int(sch.get(pad).writes[0].source.shape[3])
@@ -113,7 +113,7 @@ class DepthwiseConv2D(CpuRule):
                 )
                 sch.transform_block_layout(pad, lambda n_, c_, h, w: (n_, c_, h, w % 2, w // 2))
             sch.compute_at(pad, par, preserve_unit_loops=True)
-            _vectorize_last(sch, pad, lanes)
+            vectorize_last(sch, pad, lanes, max_whole=4)
         return sch
 
 
@@ -138,13 +138,3 @@ def _prepare_epilogue(sch, info: Conv2DInfo):
     if [int(s) for s in stmt.writes[0].source.shape] != expect:
         return None
     return last
-
-
-def _vectorize_last(sch, block, lanes: int):
-    loop = sch.get_loops(block)[-1]
-    extent = int(sch.get(loop).extent)
-    if extent % lanes == 0 and extent > lanes:
-        _, inner = sch.split(loop, [None, lanes])
-        sch.vectorize(inner)
-    elif 1 < extent <= 4 * lanes:
-        sch.vectorize(loop)

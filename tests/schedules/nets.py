@@ -6,17 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=gen) * 0.2)
-    return module.eval()
+from tests.nets import randomize_bn
 
 
 class ConvBNAct(nn.Sequential):
@@ -133,9 +123,9 @@ class OpZoo(nn.Module):
 
 def mini_mobilenet_v2(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomize_bn(MiniMobileNetV2(), seed)
+    return randomize_bn(MiniMobileNetV2(), seed)
 
 
 def op_zoo(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomize_bn(OpZoo(), seed)
+    return randomize_bn(OpZoo(), seed)

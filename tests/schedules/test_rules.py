@@ -113,7 +113,11 @@ def test_depthwise_rule_pads_per_channel_not_per_load(target):
     text = sch.mod["main"].script()
     assert "T.parallel" in text and "T.vectorized" in text
     conv_update = text[text.index('T.sblock("group_conv2d_nchw_update")') :]
-    conv_update = conv_update[: conv_update.index("T.sblock(", 10)] if "T.sblock(" in conv_update[10:] else conv_update
+    conv_update = (
+        conv_update[: conv_update.index("T.sblock(", 10)]
+        if "T.sblock(" in conv_update[10:]
+        else conv_update
+    )
     assert "if_then_else" not in conv_update
 
 
