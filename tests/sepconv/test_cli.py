@@ -90,3 +90,17 @@ def test_wrong_npy_shape_is_an_error(compiled_small, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((3, 32, 32), np.float32))
     assert main(["run", str(compiled_small), "-i", str(tmp_path / "bad.npy")]) == EXIT_ERROR
     assert "shape" in capsys.readouterr().err
+
+
+def test_compile_with_and_without_sepconv_ops(tmp_path, capsys):
+    """The switch users bisect with: both builds validate; the manifest says which was used."""
+    with_ops, without = tmp_path / "ops.sepconv", tmp_path / "plain.sepconv"
+    assert main(["compile", "mobilenet_v1:0.25@32", "-o", str(with_ops)]) == 0
+    assert "fused dw→pw" in capsys.readouterr().out
+    assert main(["compile", "mobilenet_v1:0.25@32", "-o", str(without), "--no-sepconv-ops"]) == 0
+    assert "sepconv ops" not in capsys.readouterr().out
+    ops = json.loads((with_ops / "manifest.json").read_text())["build"]["sepconv_ops"]
+    assert ops["fused_dw_pw"] == 13
+    assert json.loads((without / "manifest.json").read_text())["build"]["sepconv_ops"] is None
+    for art in (with_ops, without):
+        assert main(["validate", str(art)]) == 0
