@@ -1,0 +1,601 @@
+"""Tuning logs on disk: ``tune_logs/<target-key>/`` as TVM JSON database files, never lost.
+
+One log directory holds TVM's own two files (so TVM's tools read it) and ours::
+
+    database_workload.json       one workload per line: [structural hash, serialized PrimFunc]
+    database_tuning_record.json  one measured candidate per line: [workload line index, record]
+    provenance.json              who tuned what, where, when, how long (merged by every run)
+    .lock                        fcntl lock file: appends and provenance updates hold it
+
+What this adds to TVM's ``JSONDatabase``:
+
+* **Damage is skipped, not fatal.** Lines are validated before TVM sees them; a corrupted or
+  truncated line is reported (``file:line: reason``) and skipped, the rest loads. TVM's loader
+  would reject the whole file.
+* **Concurrent tuners do not corrupt a log.** Appends hold an exclusive ``flock`` and re-read the
+  workload table first, so a record always names the right workload line even when another
+  process appended workloads meanwhile (TVM's database keeps line indices per process).
+* **Records are written as measured.** Each record is one ``write`` on an ``O_APPEND`` file, so a
+  SIGKILL loses nothing already measured; failed measurements (build/run errors) are kept in
+  memory only, so a flaky device does not poison the log.
+* **Several logs at once.** The shipped log and user logs are merged on read (workloads deduped by
+  structural hash).
+
+Records are keyed by the *fused* PrimFunc exactly as :func:`sepconv.compiler.build.lower`
+produces it (MetaSchedule's normalisation: ``global_symbol="main"``, ``tirx.noalias``), so a
+record made for one model serves any model with a structurally equal layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sepconv.errors import TuningError
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+PROVENANCE_FILE = "provenance.json"
+LOCK_FILE = ".lock"
+SCHEDULED_ATTR = "tirx.is_scheduled"
+FAILED_RUN_SECS = 1e9  # MetaSchedule writes 1e10 s for a candidate that failed to build or run
+
+__all__ = [
+    "LoadReport",
+    "TuneLog",
+    "apply_database",
+    "log_dirs",
+    "log_dir_for",
+    "open_database",
+    "shipped_log_dir",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Where logs live
+
+
+def shipped_log_dir(key: str) -> Path:
+    """``tune_logs/<key>/`` inside the package: the logs shipped with sepconv."""
+    import sepconv.tune_logs
+
+    return Path(sepconv.tune_logs.__file__).resolve().parent / key
+
+
+def log_dir_for(path: str | os.PathLike, key: str) -> Path:
+    """A user's ``--tune-log DIR``: ``DIR`` itself when it already holds database files, else
+    ``DIR/<key>/`` (one folder per target key, like ``tune_logs/``)."""
+    root = Path(path).expanduser()
+    if (root / WORKLOAD_FILE).exists() or (root / RECORD_FILE).exists():
+        return root
+    return root / key
+
+
+def log_dirs(key: str, sources: bool | str | os.PathLike | Sequence = True) -> list[Path]:
+    """The log directories a build reads for target ``key``.
+
+    ``sources``: ``True`` — the shipped ``tune_logs/<key>/``; ``False``/``None`` — none; a path —
+    the shipped log plus that one; a sequence — exactly its entries, where ``True`` stands for
+    the shipped log and anything else is a path (see :func:`log_dir_for`).
+    """
+    if sources is None or sources is False:
+        return []
+    if sources is True:
+        items: list = [True]
+    elif isinstance(sources, (str, os.PathLike)):
+        items = [True, sources]
+    else:
+        items = list(sources)
+    dirs: list[Path] = []
+    for item in items:
+        d = shipped_log_dir(key) if item is True else log_dir_for(item, key)
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------------
+# One log directory: validated reading, locked appends
+
+
+@dataclass
+class LoadReport:
+    """What reading logs found: counts and every line skipped (``file:line: reason``)."""
+
+    dirs: list[Path] = field(default_factory=list)
+    workloads: int = 0
+    records: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _is_workload_line(obj) -> str | None:
+    if not (isinstance(obj, list) and len(obj) == 2 and all(isinstance(x, str) for x in obj)):
+        return "not a workload entry [hash, module]"
+    if not obj[0].isdigit() or not obj[1]:
+        return "workload hash or module missing"
+    return None
+
+
+def _is_record_line(obj) -> str | None:
+    if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int)):
+        return "not a record entry [workload index, record]"
+    rec = obj[1]
+    if not (isinstance(rec, list) and len(rec) >= 2 and isinstance(rec[0], list)):
+        return "record has no trace"
+    run_secs = rec[1]
+    if run_secs is not None and not (
+        isinstance(run_secs, list) and all(isinstance(x, (int, float)) for x in run_secs)
+    ):
+        return "record run times are not numbers"
+    return None
+
+
+class TuneLog:
+    """One log directory. Reads validate line by line; writes hold ``flock`` on ``.lock``."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.workload_file = self.path / WORKLOAD_FILE
+        self.record_file = self.path / RECORD_FILE
+        self._index: dict[str, int] = {}  # workload hash → line index in the workload file
+        self._lines = 0  # non-empty lines of the workload file seen so far (TVM's index base)
+        self._offset = 0  # bytes of the workload file read so far
+
+    def __repr__(self) -> str:
+        return f"TuneLog({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = True) -> Iterator[None]:
+        """Hold the directory's lock (shared for reading, exclusive for writing)."""
+        if exclusive:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            yield
+            return
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    # -- reading
+
+    @staticmethod
+    def _lines_of(path: Path) -> Iterator[tuple[int, str]]:
+        """(line number, text) of the non-empty lines; a missing file has none."""
+        try:
+            f = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except FileNotFoundError:
+            return
+        with f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+
+    def read(self, report: LoadReport) -> tuple[list[list | None], list[tuple[str, list]]]:
+        """Validated lines: workloads by index (None where the line is bad) and records as
+        ``(where, [index, record])``; every bad line is added to ``report.skipped``."""
+        with self.lock(exclusive=False):
+            workloads: list[list | None] = []
+            for lineno, line in self._lines_of(self.workload_file):
+                where = f"{self.workload_file}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                    reason = _is_workload_line(obj)
+                except ValueError as exc:
+                    obj, reason = None, f"not JSON ({exc.msg}; truncated?)"
+                if reason:
+                    report.skipped.append(f"{where}: {reason}")
+                    obj = None
+                workloads.append(obj)
+            records: list[tuple[str, list]] = []
+            for lineno, line in self._lines_of(self.record_file):
+                where = f"{self.record_file}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                    reason = _is_record_line(obj)
+                except ValueError as exc:
+                    obj, reason = None, f"not JSON ({exc.msg}; truncated?)"
+                if reason is None and not 0 <= obj[0] < len(workloads):
+                    reason = f"names workload line {obj[0] + 1}, which does not exist"
+                elif reason is None and workloads[obj[0]] is None:
+                    reason = f"names workload line {obj[0] + 1}, which was skipped"
+                if reason:
+                    report.skipped.append(f"{where}: {reason}")
+                    continue
+                records.append((where, obj))
+        return workloads, records
+
+    # -- writing
+
+    def _sync_index(self) -> None:
+        """Read workload lines appended since the last call (caller holds the lock)."""
+        try:
+            with open(self.workload_file, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line without its newline yet is not counted
+        for raw in data[:end].split(b"\n"):
+            if not raw.strip():
+                continue
+            try:
+                shash = json.loads(raw)[0]
+                if isinstance(shash, str):
+                    self._index.setdefault(shash, self._lines)
+            except (ValueError, IndexError, KeyError, TypeError):
+                pass  # a bad line still takes an index, as on reading
+            self._lines += 1
+        self._offset += end
+
+    @staticmethod
+    def _append_line(path: Path, text: str) -> None:
+        data = (text + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                with open(path, "rb") as f:  # a writer killed mid-line left no newline
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        data = b"\n" + data
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def append(self, workload_json: list, record_json: list) -> None:
+        """Append one record (and its workload, unless the file has it) under the lock."""
+        shash = workload_json[0]
+        with self.lock():
+            self._sync_index()
+            index = self._index.get(shash)
+            if index is None:
+                self._append_line(self.workload_file, json.dumps(workload_json))
+                self._sync_index()
+                index = self._index[shash]
+            self._append_line(self.record_file, json.dumps([index, record_json]))
+
+    def count_records(self) -> dict[str, int]:
+        """Valid records per workload hash (for resuming: what is already measured)."""
+        report = LoadReport()
+        workloads, records = self.read(report)
+        counts: dict[str, int] = {}
+        for _, (index, _rec) in records:
+            shash = workloads[index][0]
+            counts[shash] = counts.get(shash, 0) + 1
+        return counts
+
+    # -- provenance
+
+    def update_provenance(self, run: dict, models: Iterable[str], target: dict) -> dict:
+        """Merge one tuning run into ``provenance.json`` (under the lock) and return it."""
+        path = self.path / PROVENANCE_FILE
+        with self.lock():
+            data: dict = {}
+            if path.exists():
+                try:
+                    data = json.loads(path.read_text())
+                    if not isinstance(data, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:
+                    backup = path.with_name(
+                        f"{PROVENANCE_FILE}.corrupt-{_dt.datetime.now():%Y%m%d%H%M%S}"
+                    )
+                    shutil.copyfile(path, backup)
+                    log.warning("%s was unreadable (%s); kept as %s", path, exc, backup)
+                    data = {}
+            runs = list(data.get("runs", []))
+            runs.append(run)
+            data["format"] = "sepconv-tune-log-provenance"
+            data["target"] = target
+            data["models"] = sorted(set(data.get("models", [])) | set(models))
+            data["trials_total"] = sum(int(r.get("trials", 0)) for r in runs)
+            data["wall_seconds_total"] = round(sum(float(r.get("wall_seconds", 0)) for r in runs))
+            data["first_run"] = runs[0].get("date")
+            data["last_run"] = run.get("date")
+            data["runs"] = runs
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{PROVENANCE_FILE}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        return data
+
+
+def machine_description() -> dict:
+    """CPU (and GPU) model of this machine, for provenance."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
+    try:
+        from sepconv.targets import gpu_compute_capability, physical_cores
+
+        desc["physical_cores"] = physical_cores()
+        cc = gpu_compute_capability()
+        if cc:
+            desc["gpu_compute_capability"] = cc
+    except Exception:  # noqa: BLE001 - provenance must not fail a tuning run
+        pass
+    return desc
+
+
+# ---------------------------------------------------------------------------------------------
+# The database TVM sees
+
+
+def _ms():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms
+
+
+def _mean(run_secs) -> float:
+    secs = run_secs or []
+    return sum(secs) / len(secs) if secs else float("inf")
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1][:120] if text else ''}"
+
+
+def _load_into(
+    db,
+    dirs: Sequence[Path],
+    report: LoadReport,
+    top_k: int | None = None,
+    only: set[str] | None = None,
+) -> None:
+    """Merge the validated lines of ``dirs`` into the in-memory database ``db``.
+
+    TVM replays a record's trace to read it (≈5 ms each), so a build reads only the ``top_k``
+    fastest records per workload (the rest are never parsed by TVM), and a tuning run only the
+    workloads it tunes (``only``: workload hashes).
+    """
+    ms = _ms()
+    seen: dict[str, object] = {}  # workload hash → Workload in db
+    for d in dirs:
+        tlog = TuneLog(d)
+        if not tlog.workload_file.exists() and not tlog.record_file.exists():
+            continue
+        report.dirs.append(d)
+        workloads, records = tlog.read(report)
+        by_workload: dict[int, list[tuple[str, list]]] = {}
+        for where, (index, rec) in records:
+            by_workload.setdefault(index, []).append((where, rec))
+        for index, recs in by_workload.items():
+            shash = workloads[index][0]
+            if only is not None and shash not in only:
+                continue
+            if shash in seen:
+                wl = seen[shash]
+            else:
+                try:
+                    wl = db.commit_workload(ms.database.Workload.from_json(workloads[index]).mod)
+                except Exception as exc:  # noqa: BLE001 - TVM rejects it: report, skip
+                    report.skipped.append(
+                        f"{tlog.workload_file}:{index + 1}: TVM cannot read it ({_why(exc)})"
+                    )
+                    report.skipped.extend(f"{w}: its workload could not be read" for w, _ in recs)
+                    continue
+                seen[shash] = wl
+                report.workloads += 1
+            if top_k is not None:
+                recs = sorted(recs, key=lambda item: _mean(item[1][1]))
+            taken = 0
+            for where, rec in recs:
+                if top_k is not None and taken >= top_k:
+                    break
+                try:
+                    db.commit_tuning_record(ms.database.TuningRecord.from_json(rec, wl))
+                except Exception as exc:  # noqa: BLE001 - e.g. a trace that no longer replays
+                    report.skipped.append(f"{where}: TVM cannot read it ({_why(exc)})")
+                    continue
+                taken += 1
+                report.records += 1
+
+
+def _make_database_class():
+    """The PyDatabase subclass, created on first use so that importing this module is cheap."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.database import PyDatabase
+
+    @derived_object
+    class SepconvDatabase(PyDatabase):
+        """A MetaSchedule database over merged tune logs; commits are appended to ``writer``.
+
+        Reads are served from memory. A committed record is appended to the write log at once
+        (under its lock) unless it is a failed measurement.
+        """
+
+        def __init__(self, inner, writer: TuneLog | None, report: LoadReport):
+            super().__init__()
+            self.inner = inner
+            self.writer = writer
+            self.report = report
+            self.appended = 0
+
+        def has_workload(self, mod):
+            return self.inner.has_workload(mod)
+
+        def commit_workload(self, mod):
+            return self.inner.commit_workload(mod)
+
+        def commit_tuning_record(self, record):
+            self.inner.commit_tuning_record(record)
+            if self.writer is None:
+                return
+            secs = [float(s) for s in record.run_secs] if record.run_secs is not None else []
+            if not secs or max(secs) >= FAILED_RUN_SECS:
+                return
+            self.writer.append(record.workload.as_json(), record.as_json())
+            self.appended += 1
+
+        def get_top_k(self, workload, top_k):
+            return self.inner.get_top_k(workload, top_k)
+
+        def get_all_tuning_records(self):
+            return self.inner.get_all_tuning_records()
+
+        def query_tuning_record(self, mod, target, workload_name):
+            return self.inner.query_tuning_record(mod, target, workload_name)
+
+        def query_schedule(self, mod, target, workload_name):
+            return self.inner.query_schedule(mod, target, workload_name)
+
+        def query_ir_module(self, mod, target, workload_name):
+            return self.inner.query_ir_module(mod, target, workload_name)
+
+        def __len__(self):
+            return len(self.inner)
+
+    return SepconvDatabase
+
+
+_DB_CLASS = None
+
+
+def open_database(
+    dirs: Sequence[str | os.PathLike] | str | os.PathLike,
+    write_dir: str | os.PathLike | None = None,
+    *,
+    top_k: int | None = None,
+    only: set[str] | None = None,
+    warn: bool = True,
+):
+    """A MetaSchedule database holding the valid records of every log in ``dirs`` (missing ones
+    are fine) and, when ``write_dir`` is given, appending new records there as they are
+    committed. ``top_k`` keeps only the fastest records per workload (a build needs one);
+    ``only`` restricts it to these workload hashes. Skipped lines are logged as warnings naming
+    ``file:line``; the load summary is on the returned database's ``report``.
+    """
+    global _DB_CLASS
+    if isinstance(dirs, (str, os.PathLike)):
+        dirs = [dirs]
+    paths = [Path(d) for d in dirs]
+    writer = TuneLog(write_dir) if write_dir is not None else None
+    if writer is not None and writer.path not in paths:
+        paths.append(writer.path)
+    ms = _ms()
+    report = LoadReport()
+    inner = ms.database.MemoryDatabase(module_equality="structural")
+    _load_into(inner, paths, report, top_k=top_k, only=only)
+    if warn:
+        for line in report.skipped:
+            log.warning("tuning log: skipped %s", line)
+    if report.skipped and warn:
+        log.warning(
+            "tuning log: %d damaged line(s) skipped; %d records of %d workloads loaded",
+            len(report.skipped),
+            report.records,
+            report.workloads,
+        )
+    if _DB_CLASS is None:
+        _DB_CLASS = _make_database_class()
+    return _DB_CLASS(inner, writer, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying records in a build
+
+
+def normalize_for_database(func):
+    """The workload key of a fused PrimFunc: what MetaSchedule's task extraction stores."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return _normalize_mod(func)
+
+
+def apply_database(mod, target, database) -> tuple[object, list[str]]:
+    """Schedule every PrimFunc of ``mod`` that has a record in ``database`` with its best record.
+
+    Returns ``(module, names of the PrimFuncs scheduled from records)``; those are marked
+    ``tirx.is_scheduled`` so that the rule list leaves them alone. A record that exists but
+    cannot be replayed (the PrimFunc changed shape since it was tuned can't match, so this means
+    a TVM or trace problem) is reported as a warning, never dropped silently, and the function
+    falls back to the rules.
+    """
+    from tvm import tirx
+
+    updates = {}
+    tuned: list[str] = []
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and SCHEDULED_ATTR in func.attrs:
+            continue
+        key = normalize_for_database(func)
+        if not database.has_workload(key):
+            continue
+        try:
+            sch = database.query_schedule(key, target, gv.name_hint)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not fail the build
+            log.warning(
+                "tuning record for %s could not be replayed (%s: %s); using the schedule rules",
+                gv.name_hint,
+                type(exc).__name__,
+                str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else "",
+            )
+            continue
+        if sch is None:
+            continue  # only failed measurements for it
+        new = sch.mod["main"]
+        had_symbol = func.attrs is not None and "global_symbol" in func.attrs
+        new = (
+            new.with_attr("global_symbol", func.attrs["global_symbol"])
+            if had_symbol
+            else new.without_attr("global_symbol")
+        )
+        updates[gv] = new.with_attr(SCHEDULED_ATTR, True)
+        tuned.append(gv.name_hint)
+    if updates:
+        mod = mod.clone()
+        for gv, func in updates.items():
+            mod[gv] = func
+    log.info("%d PrimFuncs scheduled from tuning records", len(tuned))
+    return mod, sorted(tuned)
+
+
+def database_for_build(key: str, sources=True):
+    """The merged database a build reads (None when there is no log), and the dirs read."""
+    dirs = [d for d in log_dirs(key, sources) if d.is_dir()]
+    if not dirs:
+        return None, []
+    db = open_database(dirs, top_k=1)
+    if len(db) == 0:
+        return None, []
+    return db, [str(d) for d in db.report.dirs]
+
+
+def require_writable(path: Path) -> None:
+    """Raise TuningError when a log directory cannot be written (before minutes of tuning)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe", delete=True)  # noqa: SIM115
+        probe.close()
+    except OSError as exc:
+        raise TuningError(
+            f"cannot write the tuning log {path}: {exc.strerror or exc}; pass --tune-log DIR "
+            "(tune_log=...) to write somewhere else"
+        ) from exc

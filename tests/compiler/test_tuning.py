@@ -1,0 +1,252 @@
+"""Tuning end to end on this machine: records written as measured, used by builds (after fusion),
+shared across models, kept through SIGKILL, not re-measured, safe with two tuners at once.
+
+A toy network at 16×16 and a handful of trials keep this to about two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import tvm_ffi
+
+import sepconv
+from sepconv.compiler import tuning_db
+from sepconv.compiler.tuning import rule_spaces, tune
+from sepconv.targets import resolve_target
+from tests.nets import TinySeparable, randomize_bn, tiny_separable
+
+ROOT = Path(__file__).resolve().parents[2]
+X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+SEPCONV_TASKS = "sepconv"  # the stem conv and the fused depthwise→pointwise block
+
+# A tuning run in its own process (for SIGKILL and for two tuners at once).
+TUNE_SCRIPT = """
+import json, sys, torch
+from sepconv.compiler.tuning import tune
+from tests.nets import tiny_separable
+log_dir, trials, per_iter, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+r = tune(tiny_separable(), example_input=x, trials=trials, tune_log=log_dir, task_filter=tasks,
+         trials_per_iter=per_iter, progress=False)
+print("REPORT " + json.dumps(r.to_json()))
+"""
+
+
+def tuner(log_dir, trials, per_iter=4, tasks=SEPCONV_TASKS) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TVM_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", TUNE_SCRIPT, str(log_dir), str(trials), str(per_iter), tasks],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def report_of(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("REPORT "))
+    return json.loads(line[len("REPORT ") :])
+
+
+def key_dir(root: Path) -> Path:
+    return root / resolve_target("host").key
+
+
+def record_lines(log: Path) -> list[str]:
+    path = log / tuning_db.RECORD_FILE
+    return [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def candidate_hashes(log: Path) -> list[int]:
+    """The structural hash of every logged candidate's module (its trace replayed)."""
+    db = tuning_db.open_database([log])
+    return [
+        tvm_ffi.structural_hash(r.as_measure_candidate().sch.mod)
+        for r in db.get_all_tuning_records()
+    ]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune_logs")
+    report = tune(
+        tiny_separable(),
+        example_input=X,
+        trials=10,
+        tune_log=root,
+        task_filter=SEPCONV_TASKS,
+        trials_per_iter=4,
+        progress=False,
+    )
+    return root, report
+
+
+def test_tuning_writes_records_as_measured(tuned):
+    root, report = tuned
+    log = key_dir(root)
+    assert report.log_dir == log
+    assert report.trials == 10
+    assert len(record_lines(log)) == report.trials  # every measured candidate, none lost
+    spaces = {t.space for t in report.tasks}
+    assert spaces == {"rule"}, "our rules' design spaces are used for our operators"
+    assert all(t.best_us and t.best_us > 0 for t in report.tasks if t.trials)
+    assert report.trials_per_minute > 0
+    prov = json.loads((log / "provenance.json").read_text())
+    run = prov["runs"][-1]
+    assert run["trials"] == 10 and run["versions"]["tvm"]
+    assert prov["models"] == ["TinySeparable"] and prov["target"]["key"] == log.name
+    assert run["machine"]["cpu"]
+
+
+def test_a_tuned_build_uses_the_records_after_fusion(tuned, tmp_path):
+    """The TVM trap: records keyed before fusion never matched after it. Here the tasks come
+    from the fused module the build schedules, and the built functions are the records'."""
+    from sepconv.compiler.build import lower, schedule
+    from sepconv.compiler.importer import import_module
+
+    root, report = tuned
+    tuned_tasks = sorted(t.name for t in report.tasks if t.trials)
+    art = sepconv.compile(
+        tiny_separable(), example_input=X, out=tmp_path / "tuned", tune_logs=[root]
+    )
+    build = art.manifest.build
+    assert build["tasks_tuned"] == len(tuned_tasks) > 0
+    assert build["tuned_functions"] == tuned_tasks
+    assert build["tune_logs"] == [str(key_dir(root))]
+    report_v = sepconv.validate(art.load(), tiny_separable())
+    assert report_v.passed, report_v.summary()
+
+    # the functions built are exactly the best records' schedules
+    target = resolve_target("host").target
+    db = tuning_db.open_database([key_dir(root)])
+    mod, _, _ = lower(import_module(tiny_separable(), (X,)), target)
+    scheduled, names = schedule(mod, target, db)
+    assert names == tuned_tasks
+    for name in names:
+        best = db.query_schedule(tuning_db.normalize_for_database(mod[name]), target, name)
+        assert tvm_ffi.structural_equal(scheduled[name].body, best.mod["main"].body)
+        assert scheduled[name].attrs["tirx.is_scheduled"]
+
+    untuned = sepconv.compile(
+        tiny_separable(), example_input=X, out=tmp_path / "untuned", tune_logs=False
+    )
+    assert untuned.manifest.build["tasks_tuned"] == 0
+
+
+def test_records_serve_another_model_sharing_a_layer(tuned, tmp_path):
+    root, report = tuned
+    torch.manual_seed(1)
+    other = randomize_bn(TinySeparable(classes=7), seed=1)  # same convs, another classifier
+    art = sepconv.compile(other, example_input=X, out=tmp_path / "other", tune_logs=[root])
+    build = art.manifest.build
+    assert 0 < build["tasks_tuned"] < build["tasks_total"]
+    assert all("sepconv" in name for name in build["tuned_functions"])
+
+
+def test_rule_design_spaces_are_enumerated():
+    from sepconv.compiler.build import lower
+    from sepconv.compiler.importer import import_module
+    from sepconv.schedules import cpu_rules, schedule_function
+
+    target = resolve_target("host").target
+    mod, _, _ = lower(import_module(tiny_separable(), (X,)), target)
+    fused = next(name for gv in mod.get_global_vars() if "dw_pw" in (name := gv.name_hint))
+    func = tuning_db.normalize_for_database(mod[fused])["main"]
+    space = rule_spaces(func, target)
+    assert space.rule == "FusedDepthwisePointwise" and space.enumerated
+    assert len(space.schedules) > 1
+    hashes = {tvm_ffi.structural_hash(s.mod) for s in space.schedules}
+    assert len(hashes) == len(space.schedules)
+    default, _ = schedule_function(func, target, cpu_rules(target), fused)
+    assert tvm_ffi.structural_hash(default.mod) == tvm_ffi.structural_hash(
+        space.schedules[0].mod
+    ), "the rule's own choice is the first candidate"
+    transpose = next(gv.name_hint for gv in mod.get_global_vars() if gv.name_hint == "transpose")
+    assert rule_spaces(mod[transpose], target).schedules == []  # no space: default one
+
+
+def test_rerun_continues_where_the_log_stops(tuned, tmp_path):
+    import shutil
+
+    root, first = tuned
+    root2 = tmp_path / "logs"
+    shutil.copytree(root, root2)
+    done = tune(
+        tiny_separable(), example_input=X, trials=10, tune_log=root2,
+        task_filter=SEPCONV_TASKS, progress=False,
+    )  # fmt: skip
+    assert done.trials == 0 and "already holds 10 records" in done.stopped
+    more = tune(
+        tiny_separable(), example_input=X, trials=14, tune_log=root2,
+        task_filter=SEPCONV_TASKS, trials_per_iter=4, progress=False,
+    )  # fmt: skip
+    assert more.trials_logged_before == 10
+    assert 0 < more.trials <= 4
+    log = key_dir(root2)
+    assert len(record_lines(log)) == 10 + more.trials
+    hashes = candidate_hashes(log)
+    assert len(set(hashes)) == len(hashes), "a logged candidate was measured again"
+
+
+def test_sigkill_keeps_every_record_and_the_rerun_does_not_remeasure(tmp_path):
+    log = key_dir(tmp_path)
+    proc = tuner(tmp_path, trials=16, per_iter=1, tasks="dw_pw")
+    try:
+        deadline = time.monotonic() + 240
+        while len(record_lines(log)) < 3:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no records after 240 s"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its build/measure workers
+        proc.communicate()
+    before = record_lines(log)
+    assert len(before) >= 3
+    assert tuning_db.open_database([log]).report.skipped == []
+
+    again = tune(
+        tiny_separable(), example_input=X, trials=len(before) + 3, tune_log=tmp_path,
+        task_filter="dw_pw", trials_per_iter=3, progress=False,
+    )  # fmt: skip
+    after = record_lines(log)
+    assert after[: len(before)] == before, "records measured before the kill were changed"
+    assert again.trials_logged_before == len(before)
+    assert len(after) == len(before) + again.trials
+    hashes = candidate_hashes(log)
+    assert len(set(hashes)) == len(hashes), "a record measured before the kill was re-measured"
+
+
+def test_two_tuners_on_one_log(tmp_path):
+    procs = [tuner(tmp_path, trials=6, per_iter=3), tuner(tmp_path, trials=6, per_iter=3)]
+    reports = [report_of(p) for p in procs]
+    log = key_dir(tmp_path)
+    db = tuning_db.open_database([log])
+    assert db.report.skipped == []
+    assert db.report.records == len(record_lines(log))
+    assert db.report.records >= max(r["trials"] for r in reports) > 0
+    workloads = [
+        json.loads(ln)[0]
+        for ln in (log / tuning_db.WORKLOAD_FILE).read_text().splitlines()
+        if ln.strip()
+    ]
+    assert len(workloads) == len(set(workloads)), "a workload was written twice"
+    # every record replays on the workload it names
+    assert len(candidate_hashes(log)) == db.report.records
+    prov = json.loads((log / "provenance.json").read_text())
+    assert len(prov["runs"]) == 2

@@ -1,0 +1,105 @@
+"""Tuning over TVM RPC on loopback: through a tracker, and a device that dies mid-run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+import sepconv
+from sepconv.compiler import tuning_db
+from sepconv.compiler.tuning import MeasureConfig, tune
+from sepconv.errors import DeviceError
+from sepconv.targets import resolve_target
+from tests.nets import tiny_separable
+from tests.targets.test_devices import free_port
+
+X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def records(log) -> int:
+    path = log / tuning_db.RECORD_FILE
+    return sum(1 for ln in path.read_text().splitlines() if ln.strip()) if path.exists() else 0
+
+
+def test_tune_through_a_loopback_tracker(tmp_path):
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    port = free_port()
+    trk = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
+    sport = free_port()
+    server = rpc.Server(
+        host="127.0.0.1",
+        port=sport,
+        port_end=sport + 50,
+        tracker_addr=("127.0.0.1", trk.port),
+        key="loopback",
+        silent=True,
+    )
+    try:
+        time.sleep(1.0)  # the server registers with the tracker
+        report = tune(
+            tiny_separable(),
+            example_input=X,
+            device=f"tracker://127.0.0.1:{trk.port}/loopback",
+            trials=3,
+            tune_log=tmp_path,
+            task_filter="dw_pw",
+            progress=False,
+        )
+    finally:
+        server.terminate()
+        trk.terminate()
+    assert report.device == f"tracker://127.0.0.1:{trk.port}/loopback"
+    assert report.trials == 3 and report.stopped is None
+    log = tmp_path / resolve_target("host").key
+    assert records(log) == 3
+    art = sepconv.compile(tiny_separable(), example_input=X, out=tmp_path / "a", tune_logs=[log])
+    assert art.manifest.build["tasks_tuned"] == 1
+
+
+def test_a_device_that_dies_mid_run_stops_tuning_and_keeps_records(tmp_path):
+    from tvm import rpc
+
+    port = free_port()
+    server = rpc.Server(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
+    log = tmp_path / resolve_target("host").key
+
+    def kill_after_first_records():
+        deadline = time.monotonic() + 120
+        while records(log) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.terminate()
+
+    killer = threading.Thread(target=kill_after_first_records, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeviceError) as err:
+            tune(
+                tiny_separable(),
+                example_input=X,
+                device=f"rpc://127.0.0.1:{server.port}",
+                trials=16,
+                trials_per_iter=2,
+                tune_log=tmp_path,
+                task_filter="dw_pw",
+                measure=MeasureConfig(min_repeat_ms=0, timeout_s=10),
+                progress=False,
+            )
+    finally:
+        killer.join()
+        server.terminate()
+    assert time.monotonic() - t0 < 120
+    msg = str(err.value)
+    assert "stopped answering" in msg and "kept" in msg and str(log) in msg
+    kept = records(log)
+    assert kept >= 2
+    db = tuning_db.open_database([log])
+    assert db.report.records == kept and db.report.skipped == []
+    run = json.loads((log / "provenance.json").read_text())["runs"][-1]
+    assert "stopped answering" in run["stopped"] and run["records_written"] == kept
