@@ -1,0 +1,44 @@
+"""``sepconv bench``: measured latency of models on a target, against the tools users would use
+instead (torch eager, ``torch.compile``, ONNX Runtime). Compile → check → time, in that order::
+
+    from sepconv.bench import run_bench
+    report = run_bench(["mobilenet_v1:0.5", "mobilenet_v2"], peers="torch,onnxruntime", runs=50)
+    report.write("build/report")   # report.json, report.md, latency_vs_macs.png, speedup.png
+
+Every system's output on a seeded input is compared with eager PyTorch (the ``sepconv validate``
+tolerance) before it is timed; one that disagrees is reported ``FAIL`` and never timed. A system
+that cannot run here (not installed, no C++ compiler, export fails, remote device) is reported
+``unavailable`` with the reason. Peers are timed before sepconv with an idle pause before each
+block: TVM's thread pool busy-waits after a run and would slow whatever runs next.
+"""
+
+from __future__ import annotations
+
+from .peers import (
+    PEERS,
+    BenchSettings,
+    Peer,
+    PeerUnavailable,
+    Prepared,
+    Timing,
+    parse_peers,
+    time_call,
+)
+from .report import BenchReport, ModelResult, SystemResult
+from .runner import DEFAULT_PEERS, run_bench
+
+__all__ = [
+    "DEFAULT_PEERS",
+    "PEERS",
+    "BenchReport",
+    "BenchSettings",
+    "ModelResult",
+    "Peer",
+    "PeerUnavailable",
+    "Prepared",
+    "SystemResult",
+    "Timing",
+    "parse_peers",
+    "run_bench",
+    "time_call",
+]

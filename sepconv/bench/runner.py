@@ -1,0 +1,310 @@
+"""The bench loop: per model, prepare and validate every system, then time them one by one."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sepconv.errors import SepconvError
+
+from .peers import (
+    PEERS,
+    BenchSettings,
+    Peer,
+    PeerUnavailable,
+    Prepared,
+    Sepconv,
+    parse_peers,
+    time_call,
+)
+from .report import BenchReport, ModelResult, SystemResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PEERS = ("torch", "torch.compile", "onnxruntime")
+
+
+def _arrays(out) -> list[np.ndarray]:
+    if isinstance(out, list | tuple):
+        return [a for o in out for a in _arrays(o)]
+    if isinstance(out, torch.Tensor):
+        return [out.detach().cpu().numpy()]
+    return [np.asarray(out)]
+
+
+def _validate(outputs, refs: list[np.ndarray]) -> tuple[dict, str | None]:
+    from sepconv.compiler.validation import ABS_TOL, REL_TOL, compare
+
+    got = _arrays(outputs)
+    rule = f"max_abs_error <= {REL_TOL:g} * max|eager| + {ABS_TOL:g}"
+    if len(got) != len(refs):
+        return {"passed": False, "rule": rule}, f"{len(got)} outputs, eager has {len(refs)}"
+    cmps = [compare(f"output{i}", g, r) for i, (g, r) in enumerate(zip(got, refs))]
+    worst = max(cmps, key=lambda c: c.max_abs_error - c.tolerance)
+    shapes_ok = all(g.shape == r.shape for g, r in zip(got, refs))
+    v = {
+        "passed": all(c.passed for c in cmps),
+        "max_abs_error": worst.max_abs_error,
+        "max_rel_error": worst.max_rel_error,
+        "tolerance": worst.tolerance,
+        "rule": rule,
+    }
+    if v["passed"]:
+        return v, None
+    if not shapes_ok:
+        shapes = [tuple(g.shape) for g in got], [tuple(r.shape) for r in refs]
+        return v, f"output shapes {shapes[0]} differ from eager {shapes[1]}"
+    return v, (
+        f"differs from eager PyTorch: max abs error {worst.max_abs_error:.3g} > tolerance "
+        f"{worst.tolerance:.3g}"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:400] if text else "") or type(exc).__name__
+
+
+def _prepare_and_validate(
+    system: Peer, reason: str | None, module, x, refs
+) -> tuple[SystemResult, Prepared | None]:
+    if reason is not None:
+        return SystemResult("unavailable", reason), None
+    try:
+        prepared = system.prepare(module, x)
+    except PeerUnavailable as exc:
+        return SystemResult("unavailable", str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - a system that cannot build the model failed it
+        log.debug("%s failed to prepare", system.name, exc_info=True)
+        return SystemResult("FAIL", f"prepare failed: {_one_line(exc)}"), None
+    result = SystemResult("ok", info=dict(prepared.info))
+    try:
+        validation, problem = _validate(prepared.fn(x), refs)
+    except Exception as exc:  # noqa: BLE001
+        validation, problem = {"passed": False}, f"run failed: {_one_line(exc)}"
+    result.validation = validation
+    if problem is not None:
+        result.status, result.reason = "FAIL", problem
+        _close(prepared)
+        return result, None
+    return result, prepared
+
+
+def _close(prepared: Prepared | None) -> None:
+    if prepared is not None and prepared.close is not None:
+        try:
+            prepared.close()
+        except Exception:  # noqa: BLE001
+            log.debug("closing a prepared system failed", exc_info=True)
+
+
+def _systems(peers, settings: BenchSettings) -> list[Peer]:
+    """sepconv first, then the peers: names, Peer subclasses or Peer instances."""
+    items = parse_peers(peers) if isinstance(peers, str) else list(peers)
+    names = parse_peers([p for p in items if isinstance(p, str)])
+    out: list[Peer] = [Sepconv(settings)]
+    for p in items:
+        if isinstance(p, str):
+            if p.strip() in names:
+                out.append(PEERS[p.strip()](settings))
+        elif isinstance(p, type) and issubclass(p, Peer):
+            out.append(p(settings))
+        elif isinstance(p, Peer):
+            out.append(p)
+        else:
+            raise SepconvError(f"a peer is a name ({', '.join(PEERS)}) or a Peer, got {p!r}")
+    unique: dict[str, Peer] = {}
+    for s in out:
+        unique.setdefault(s.name, s)
+    return list(unique.values())
+
+
+def run_bench(
+    models: Sequence[str],
+    peers: str | Sequence = DEFAULT_PEERS,
+    *,
+    target: str = "host",
+    device: str = "local",
+    batch: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    seed: int = 0,
+    tune_logs: bool | str | os.PathLike | list = True,
+    settle_s: float = 1.0,
+    build_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> BenchReport:
+    """Validate, then time, sepconv and ``peers`` on each zoo model (names with knobs).
+
+    ``threads`` pins torch, ONNX Runtime and TVM (``TVM_NUM_THREADS``, which TVM reads once, when
+    its thread pool starts: set it before any TVM code runs, as the CLI does); default: physical
+    cores. ``build_dir`` keeps the compiled artifacts (default: a temporary folder).
+    """
+    from tqdm.auto import tqdm
+
+    from sepconv.models import parse_name
+    from sepconv.targets import physical_cores, resolve_target
+
+    from .report import machine_info, versions
+
+    if isinstance(models, str):
+        models = [models]
+    if not models:
+        raise SepconvError("name at least one model to benchmark (see `sepconv models`)")
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise SepconvError(f"need runs ≥ 1, warmup ≥ 0, batch ≥ 1 (got {runs}, {warmup}, {batch})")
+    for name in models:
+        parse_name(name)  # a typo fails now, not after an hour of the models before it
+    threads = threads or physical_cores()
+    if threads < 1:
+        raise SepconvError(f"threads must be ≥ 1, got {threads}")
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's pool starts: before any run
+    tspec = resolve_target(target)
+    if device.strip().lower() not in ("local", "localhost", "host", ""):
+        try:
+            from sepconv.targets.devices import check_device, parse_device
+        except ImportError as exc:
+            raise SepconvError(
+                "remote devices need the tuning issue's device support (sepconv.targets.devices)"
+            ) from exc
+        device = str(parse_device(device))
+        check_device(device)  # a device that does not answer fails now, before any compile
+    tmp = None
+    if build_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sepconv-bench-")
+        build_dir = tmp.name
+    settings = BenchSettings(
+        target, device, batch, runs, warmup, threads, seed, tune_logs, settle_s, Path(build_dir)
+    )
+    systems = _systems(peers, settings)
+    reasons = {}
+    for s in systems:
+        try:
+            reasons[s.name] = s.available()
+        except Exception as exc:  # noqa: BLE001
+            reasons[s.name] = f"availability check failed: {_one_line(exc)}"
+    timing_order = [s for s in systems if s.name != Sepconv.name] + systems[:1]
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    results: list[ModelResult] = []
+    bar = tqdm(
+        total=len(models) * len(systems) * 2, desc="bench", unit="step", disable=not progress
+    )
+    try:
+        for name in models:
+            results.append(_bench_model(name, systems, reasons, timing_order, settings, bar))
+    finally:
+        bar.close()
+        torch.set_num_threads(old_threads)
+        if tmp is not None:
+            tmp.cleanup()
+            for m in results:  # the artifacts went with the temporary folder
+                for r in m.systems.values():
+                    r.info.pop("artifact", None)
+    tvm_threads = _tvm_threads()
+    if tvm_threads is not None and tvm_threads != threads:
+        log.warning(
+            "TVM ran %d threads, not %d: its thread pool had started before run_bench set "
+            "TVM_NUM_THREADS (set it before TVM runs anything)", tvm_threads, threads,
+        )  # fmt: skip
+    settings_json = {
+        **{k: v for k, v in asdict(settings).items() if k not in ("build_dir", "tune_logs")},
+        "build_dir": None if tmp is not None else str(build_dir),
+        "tune_logs": _json_logs(tune_logs),
+        "target_spec": {k: tspec.describe()[k] for k in ("triple", "key", "mcpu", "num_cores")},
+        "tvm_threads": tvm_threads,
+        "systems": [s.name for s in systems],
+        "timing_order": [s.name for s in timing_order],
+        "validation_seed": seed,
+    }
+    return BenchReport(
+        settings_json,
+        machine_info(),
+        versions(),
+        results,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _json_logs(tune_logs) -> bool | str | list:
+    if isinstance(tune_logs, list | tuple):
+        return [x if isinstance(x, bool) else str(x) for x in tune_logs]
+    return tune_logs if isinstance(tune_logs, bool) else str(tune_logs)
+
+
+def _tvm_threads() -> int | None:
+    try:
+        import tvm
+
+        return int(tvm.get_global_func("runtime.NumThreads")())
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelResult:
+    from sepconv.models import count_macs, count_params, get_model
+
+    result = ModelResult(name)
+    try:
+        spec = get_model(name, batch=settings.batch, seed=settings.seed)
+    except SepconvError as exc:
+        result.error = str(exc)
+        bar.update(2 * len(systems))
+        return result
+    one = (1, *spec.input_shape[1:])
+    result.name, result.family = spec.name, spec.family
+    result.input_shape = list(spec.input_shape)
+    result.params = count_params(spec.module)
+    result.macs_per_image = count_macs(spec.module, one)
+    result.macs = result.macs_per_image * spec.input_shape[0]
+    x = spec.example_input(settings.seed)
+    with torch.no_grad():
+        refs = _arrays(spec.module(x))
+    prepared: dict[str, Prepared] = {}
+    for system in systems:
+        bar.set_postfix_str(f"{spec.name} · {system.name}: prepare + validate", refresh=True)
+        r, p = _prepare_and_validate(system, reasons[system.name], spec.module, x, refs)
+        result.systems[system.name] = r
+        if p is not None:
+            prepared[system.name] = p
+        bar.update(1)
+    try:
+        for system in timing_order:
+            bar.set_postfix_str(f"{spec.name} · {system.name}: timing", refresh=True)
+            p = prepared.get(system.name)
+            if p is not None:
+                _time(result.systems[system.name], p, x, settings)
+            bar.update(1)
+    finally:
+        for p in prepared.values():
+            _close(p)
+        prepared.clear()
+        gc.collect()
+    return result
+
+
+def _time(result: SystemResult, p: Prepared, x, settings: BenchSettings) -> None:
+    time.sleep(settings.settle_s)  # let the last system's spinning threads go to sleep
+    try:
+        if p.timer is not None:
+            t = p.timer(x, settings.warmup, settings.runs)
+        else:
+            t = time_call(p.fn, x, settings.warmup, settings.runs)
+    except Exception as exc:  # noqa: BLE001
+        result.status, result.reason = "FAIL", f"timing run failed: {_one_line(exc)}"
+        return
+    result.latency_ms = {
+        "median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "runs": t.runs, "timer": t.timer,
+    }  # fmt: skip
