@@ -7,6 +7,7 @@ ImportedGraph ──prepare_graph──► Relax (BN folded, weights lifted)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ class BuildStats:
 
     primfuncs: list[str] = field(default_factory=list)
     sepconv_ops: dict | None = None  # what the separable rewrite did; None when it was off
+    triton_ops: dict | None = None  # CUDA: what the Triton rewrite did (compiler.triton_ops)
+    cuda_graph: bool | None = None  # CUDA: whether the VM replays one captured CUDA graph
+    precision: str = "fp32"
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -45,6 +49,9 @@ class BuildStats:
             "tasks_tuned": self.tasks_tuned,
             "tuned_functions": sorted(self.tuned),
             "sepconv_ops": self.sepconv_ops,
+            **({"triton_ops": self.triton_ops} if self.triton_ops is not None else {}),
+            **({"cuda_graph": self.cuda_graph} if self.cuda_graph is not None else {}),
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -66,6 +73,8 @@ def prepare_graph(
     target: tvm.target.Target,
     sepconv_ops: bool = True,
     fuse_dw_pw: bool = True,
+    precision: str = "fp32",
+    triton_stats: dict | None = None,
 ) -> tuple[tvm.IRModule, dict[str, np.ndarray], dict | None]:
     """Graph passes; returns the module, its lifted weights and the separable-rewrite stats.
 
@@ -74,10 +83,25 @@ def prepare_graph(
     switch exists to measure the gain and to bisect a suspected miscompile.
     ``fuse_dw_pw=False`` keeps depthwise and pointwise as two of our operators (to measure the
     fusion alone).
+
+    CUDA: ``precision="fp16"`` computes in half precision behind the same float32 interface
+    (``ToMixedPrecision``); with ``sepconv_ops`` the depthwise convs, fused dw→pw blocks and SE
+    blocks become embedded Triton kernels (:mod:`sepconv.compiler.triton_ops`), whose counts go
+    into ``triton_stats`` when it is a dict.
     """
     mod = fold_batch_norm(graph.mod)
     mod = relax.transform.FoldConstant()(mod)
     stats = None
+    if target.kind.name == "cuda":
+        from sepconv.compiler.triton_ops import apply_triton_ops, mixed_precision
+
+        mod = mixed_precision(mod, precision)
+        if sepconv_ops:
+            mod, tri = apply_triton_ops(mod, target, fuse=fuse_dw_pw)
+            if triton_stats is not None:
+                triton_stats.update(tri.to_json())
+    elif precision != "fp32":
+        raise CompileError(f"precision={precision!r} is for CUDA targets; CPU builds are fp32")
     if uses_sepconv_ops(target, sepconv_ops):
         from sepconv.compiler.separable import apply_separable_ops
 
@@ -141,6 +165,12 @@ def schedule(
 
 
 def _finalize_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    if target.kind.name == "cuda":  # its finalize passes include RewriteCUDAGraph
+        from tvm.relax.backend.cuda import pipeline as cuda
+
+        return tvm.transform.Sequential(
+            cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target)
+        )
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     passes = cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
@@ -153,13 +183,29 @@ def build(
     database=None,
     on_stage=None,
     sepconv_ops: bool = True,
+    cuda_graph: bool | None = None,
+    precision: str = "fp32",
 ) -> BuildResult:
-    """``on_stage(name)`` is called as each stage starts (the CLI shows it as progress)."""
+    """``on_stage(name)`` is called as each stage starts (the CLI shows it as progress).
+
+    CUDA only: ``cuda_graph`` captures the whole model in one CUDA graph that every later call
+    replays (Relax ``RewriteCUDAGraph``; default: on for batch 1, which is launch-bound);
+    ``precision`` is ``"fp32"`` or ``"fp16"`` (see :func:`prepare_graph`).
+    """
     on_stage = on_stage or (lambda _name: None)
-    stats = BuildStats()
+    stats = BuildStats(precision=precision)
+    is_cuda = target.kind.name == "cuda"
+    if is_cuda:
+        stats.triton_ops = {} if sepconv_ops else None
+        batch = graph.inputs[0].shape[0] if graph.inputs and graph.inputs[0].shape else 1
+        stats.cuda_graph = bool(batch == 1 if cuda_graph is None else cuda_graph)
+    elif cuda_graph:
+        raise CompileError("cuda_graph applies to CUDA targets only")
     on_stage("graph passes")
     t0 = time.perf_counter()
-    mod, weights, stats.sepconv_ops = prepare_graph(graph, target, sepconv_ops)
+    mod, weights, stats.sepconv_ops = prepare_graph(
+        graph, target, sepconv_ops, precision=precision, triton_stats=stats.triton_ops
+    )
     stats.seconds["graph_passes"] = time.perf_counter() - t0
 
     on_stage("lower and schedule")
@@ -167,12 +213,23 @@ def build(
     mod = fuse(mod, target)
     stats.primfuncs = primfunc_names(mod)
     mod, stats.tuned = schedule(mod, target, database)
+    if is_cuda:
+        from sepconv.schedules.gpu import verify_gpu_kernels
+
+        problems = verify_gpu_kernels(mod, target)
+        if problems:
+            raise CompileError("CUDA kernels failed verification: " + "; ".join(problems[:5]))
     stats.seconds["lower_and_schedule"] = time.perf_counter() - t0
 
     on_stage("codegen")
     t0 = time.perf_counter()
+    graph_ctx = (
+        tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True})
+        if stats.cuda_graph
+        else contextlib.nullcontext()
+    )
     try:
-        with target:
+        with target, graph_ctx:
             executable = tvm.compile(mod, target=target, relax_pipeline=_finalize_pipeline(target))
     except Exception as exc:
         raise CompileError(

@@ -34,6 +34,17 @@ def _tvm_device(kind: str):
     raise DeviceError(f"unknown device {kind!r}; use 'cpu' or 'cuda'")
 
 
+def _prepare_cuda_load() -> None:
+    """A CUDA library built without a GPU carries its kernels as CUDA C++ source (and Triton
+    kernels as ready binaries): TVM compiles them when the library loads, through
+    ``tvm_callback_cuda_compile``. Set that up before ``load_module``."""
+    from sepconv.targets.cuda_embed import install_compile_hook
+    from sepconv.targets.triple import configure_cuda_jit
+
+    configure_cuda_jit(required=True)
+    install_compile_hook()
+
+
 class CompiledModel:
     """A compiled model ready to run. Build one with :func:`sepconv.load`."""
 
@@ -53,6 +64,8 @@ class CompiledModel:
             raise DeviceError(f"{root} was compiled for CUDA; load it with device='cuda'")
         check_runs_here(root, manifest)
         self._dev = _tvm_device(self.device)
+        if family == "cuda":
+            _prepare_cuda_load()
         try:
             lib = tvm.runtime.load_module(str(root / LIBRARY))
         except Exception as exc:

@@ -21,6 +21,9 @@ rule                       takes
 Our operators' four rules share one mechanism, the NHWC output register tile of
 :mod:`.nhwc_tile`; the NCHW rules serve graphs compiled without our operators.
 
+CUDA: :func:`gpu_rules` (:mod:`.gpu`, TVM's dlight GPU rules) for whatever the Triton kernels
+(``triton_*.py``, embedded by :mod:`sepconv.compiler.triton_ops`) do not take.
+
 Use::
 
     from sepconv.schedules import apply_schedules
@@ -49,6 +52,7 @@ from .dense import Dense
 from .depthwise_conv import DepthwiseConv2D
 from .fallback import Fallback
 from .fused_dw_pw import FusedDepthwisePointwise
+from .gpu import gpu_rules
 from .injective import Injective
 from .reduction import Reduction
 from .sepconv_conv import SepconvConv
@@ -74,6 +78,7 @@ __all__ = [
     "apply_schedules",
     "cpu_params",
     "cpu_rules",
+    "gpu_rules",
     "is_scheduled",
     "schedule_function",
     "unscheduled_functions",
@@ -168,7 +173,7 @@ def apply_schedules(
     with ``{function name: rule name}`` for the functions scheduled here.
     """
     if rules is None:
-        rules = cpu_rules(target)
+        rules = gpu_rules(target) if target.kind.name == "cuda" else cpu_rules(target)
     updates = {}
     hits: Counter = Counter()
     for gv, func in mod.functions_items():

@@ -17,6 +17,7 @@ _API = {
     "compile": "sepconv.api",
     "load": "sepconv.api",
     "validate": "sepconv.api",
+    "tune": "sepconv.compiler.tuning",
     "CompiledModel": "sepconv.compiler.runtime",
     "ValidationReport": "sepconv.compiler.validation",
 }

@@ -78,6 +78,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     mcpu: str | None = None,
     cuda_arch: str | None = None,
     sepconv_ops: bool = True,
+    tune_logs: bool | str | os.PathLike | list = True,
+    cuda_graph: bool | None = None,
+    precision: str = "fp32",
     on_stage: Callable[[str], None] | None = None,
 ) -> Artifact:
     """Compile a zoo model (by name) or an ``nn.Module`` (with ``example_input``) into an
@@ -85,6 +88,13 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
 
     ``sepconv_ops=False`` keeps TVM's own conv2d instead of our depthwise / fused
     depthwise→pointwise operators (to measure their gain or bisect a suspected miscompile).
+
+    ``tune_logs``: tuning records to schedule with — ``True`` the shipped ``tune_logs/<key>/``,
+    ``False`` none, a directory the shipped logs plus that one, a list exactly those (``True``
+    in it standing for the shipped logs); see :func:`sepconv.compiler.tuning_db.log_dirs`.
+
+    CUDA only: ``cuda_graph`` replays the whole model as one CUDA graph (default: on for batch
+    1); ``precision="fp16"`` computes in half precision behind a float32 interface.
     """
     from sepconv.compiler.artifact import versions, write_artifact
     from sepconv.compiler.build import build
@@ -110,7 +120,18 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
         )
     on_stage("export")
     graph = import_module(module, inputs)
-    result = build(graph, tspec.target, on_stage=on_stage, sepconv_ops=sepconv_ops)
+    from sepconv.compiler.tuning_db import database_for_build
+
+    database, log_dirs = database_for_build(tspec.key, tune_logs)
+    result = build(
+        graph,
+        tspec.target,
+        database=database,
+        on_stage=on_stage,
+        sepconv_ops=sepconv_ops,
+        cuda_graph=cuda_graph,
+        precision=precision,
+    )
     on_stage("write artifact")
     manifest = Manifest(
         model=record,
@@ -118,7 +139,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
         outputs=graph.outputs,
         target=tspec.describe(),
         weight_names=list(result.weights),
-        build=result.stats.to_json(),
+        build={**result.stats.to_json(), "tune_logs": log_dirs},
         versions=versions(),
     )
     path = write_artifact(

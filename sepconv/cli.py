@@ -1,4 +1,4 @@
-"""The ``sepconv`` command: models | compile | validate | run.
+"""The ``sepconv`` command: models | compile | validate | run | tune | device | bench.
 
 Every failure prints one line (``error: …``) and exits non-zero; ``--debug`` shows the traceback.
 """
@@ -87,6 +87,9 @@ def cmd_compile(args) -> int:
         mcpu=args.mcpu,
         cuda_arch=args.cuda_arch,
         sepconv_ops=not args.no_sepconv_ops,
+        tune_logs=[True] * (not args.no_tune_logs) + [args.tune_log] * bool(args.tune_log),
+        cuda_graph=args.cuda_graph,
+        precision=args.precision,
         on_stage=progress,
     )
     total = progress.done()
@@ -101,6 +104,13 @@ def cmd_compile(args) -> int:
         print(
             f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "
             f"{ops['pointwise']} pointwise, {ops['dense']} other convs"
+        )
+    tri = b.get("triton_ops")
+    if tri:
+        print(
+            f"  triton kernels: {tri['fused_dw_pw']} fused dw→pw, {tri['depthwise']} depthwise, "
+            f"{tri['se']} SE ({tri['kernels']} distinct); CUDA graph "
+            f"{'on' if b.get('cuda_graph') else 'off'}"
         )
     if art.manifest.validation is not None:
         v = art.manifest.validation
@@ -163,6 +173,156 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from sepconv.compiler.tuning import MeasureConfig, format_report, tune
+
+    start = time.perf_counter()
+
+    def stage(name: str) -> None:  # whole lines: the progress bar follows the last one
+        print(f"  [{time.perf_counter() - start:5.1f}s] {name}", file=sys.stderr, flush=True)
+
+    models = ", ".join(args.model)
+    print(f"tuning {models} for {args.target} on {args.device}", file=sys.stderr)
+    measure = None
+    if args.min_repeat_ms is not None or args.timeout is not None:
+        measure = MeasureConfig()
+        if args.device != "local":
+            measure.min_repeat_ms = 0
+        if args.min_repeat_ms is not None:
+            measure.min_repeat_ms = args.min_repeat_ms
+        if args.timeout is not None:
+            measure.timeout_s = args.timeout
+    report = tune(
+        args.model if len(args.model) > 1 else args.model[0],
+        target=args.target,
+        device=args.device,
+        trials=args.trials,
+        tune_log=args.tune_log,
+        batch=args.batch,
+        mcpu=args.mcpu,
+        sepconv_ops=not args.no_sepconv_ops,
+        max_trials_per_task=args.max_trials_per_task,
+        trials_per_iter=args.trials_per_iter,
+        measure=measure,
+        task_filter=args.tasks,
+        space=args.space,
+        on_stage=stage,
+    )
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"report: {args.json}")
+    return 0
+
+
+def cmd_device_serve(args) -> int:
+    from tvm import rpc
+
+    tracker = None
+    if args.tracker:
+        host, _, port = args.tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise SepconvError(f"--tracker must be HOST:PORT, got {args.tracker!r}")
+        if not args.key:
+            raise SepconvError("--tracker needs --key: the name tuners ask the tracker for")
+        tracker = (host, int(port))
+    port_end = args.port_end or args.port + 100
+    try:
+        server = rpc.Server(
+            host=args.host,
+            port=args.port,
+            port_end=port_end,
+            tracker_addr=tracker,
+            key=args.key or "",
+            custom_addr=args.custom_addr,
+            silent=not args.debug,
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise SepconvError(
+            f"cannot start an RPC server on {args.host}, ports {args.port}-{port_end - 1}: {exc}"
+        ) from exc
+    where = f"rpc://{args.host}:{server.port}"
+    reg = f", registered with tracker {args.tracker} as {args.key!r}" if tracker else ""
+    print(f"RPC server listening on {where}{reg}; Ctrl-C to stop", flush=True)
+    _exit_on_sigterm()
+    try:
+        server.proc.join()
+    finally:
+        server.terminate()
+    return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM ends a long-running command through its ``finally`` (stopping its workers)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def cmd_device_tracker(args) -> int:
+    from tvm.rpc.tracker import Tracker
+
+    port_end = args.port_end or args.port + 100
+    try:
+        tracker = Tracker(host=args.host, port=args.port, port_end=port_end, silent=not args.debug)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise SepconvError(
+            f"cannot start an RPC tracker on {args.host}, ports {args.port}-{port_end - 1}: "
+            f"{str(exc).strip().splitlines()[-1]}"
+        ) from exc
+    print(
+        f"RPC tracker listening on {args.host}:{tracker.port}; boards join with: sepconv device "
+        f"serve --tracker HOST:{tracker.port} --key KEY; Ctrl-C to stop",
+        flush=True,
+    )
+    _exit_on_sigterm()
+    try:
+        tracker.proc.join()
+    finally:
+        tracker.terminate()
+    return 0
+
+
+def cmd_device_check(args) -> int:
+    from sepconv.targets.devices import check_device
+
+    info = check_device(args.device, timeout=args.timeout)
+    print(" ".join(f"{k}={v}" for k, v in info.items()))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from sepconv.bench import parse_peers, run_bench
+
+    peers = parse_peers(args.peers)
+    threads = args.threads
+    if threads is None and os.environ.get("TVM_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["TVM_NUM_THREADS"])
+    print(
+        f"benchmarking {', '.join(args.model)} for {args.target} on {args.device}: sepconv vs "
+        f"{', '.join(peers) or 'no peers'}",
+        file=sys.stderr,
+    )
+    report = run_bench(
+        args.model,
+        peers,
+        target=args.target,
+        device=args.device,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=threads,
+        seed=args.seed,
+        tune_logs=[True] * (not args.no_tune_logs) + [args.tune_log] * bool(args.tune_log),
+        settle_s=args.settle,
+        build_dir=args.build_dir,
+    )
+    files = report.write(args.report)
+    print(report.markdown())
+    print("report: " + ", ".join(str(f) for f in files.values()))
+    return EXIT_VALIDATION_FAILED if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sepconv", description="Compile depthwise-separable CNNs with TVM."
@@ -202,6 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep TVM's conv2d instead of our depthwise / fused dw→pw operators "
         "(measure their gain, bisect a suspected miscompile)",
     )
+    c.add_argument(
+        "--tune-log",
+        metavar="DIR",
+        help="also use the tuning records in DIR (DIR/<target key>/ or a database folder)",
+    )
+    c.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--target cuda: replay the model as one CUDA graph (default: on for batch 1)",
+    )
+    c.add_argument(
+        "--precision",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="--target cuda: compute precision behind the float32 interface (default fp32)",
+    )
+    c.add_argument(
+        "--no-tune-logs",
+        action="store_true",
+        help="ignore the tuning records shipped in tune_logs/ (rule schedules only)",
+    )
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("validate", help="compare a compiled artifact with eager PyTorch")
@@ -220,6 +402,122 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="CPU threads (sets TVM_NUM_THREADS)")
     r.add_argument("--show-batch", type=int, default=1, help="rows of top-5 to print")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("tune", help="auto-tune a model's tasks on a device (MetaSchedule)")
+    t.add_argument("model", nargs="+", help="zoo name(s); tasks shared by several are tuned once")
+    t.add_argument("--target", "-t", default="host", help="target triple (default: host)")
+    t.add_argument(
+        "--device",
+        "-d",
+        default="local",
+        help="local | rpc://HOST:PORT | tracker://HOST:PORT/KEY (default: local)",
+    )
+    t.add_argument(
+        "--trials",
+        "-n",
+        type=int,
+        default=1000,
+        help="total trials for these tasks, counting records already in the log (default 1000)",
+    )
+    t.add_argument(
+        "--tune-log",
+        metavar="DIR",
+        help="write records to DIR/<target key>/ (default: the package's tune_logs/)",
+    )
+    t.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
+    t.add_argument("--mcpu", help="LLVM CPU name to tune for instead of the detected one")
+    t.add_argument(
+        "--sepconv-ops",
+        dest="no_sepconv_ops",
+        action="store_false",
+        help="tune our separable operators (default)",
+    )
+    t.add_argument(
+        "--no-sepconv-ops",
+        dest="no_sepconv_ops",
+        action="store_true",
+        help="tune the graph compile --no-sepconv-ops builds",
+    )
+    t.add_argument("--max-trials-per-task", type=int, help="cap per task (default: none)")
+    t.add_argument("--trials-per-iter", type=int, help="candidates per batch (default: auto)")
+    t.add_argument("--tasks", metavar="REGEX", help="tune only tasks whose name matches")
+    t.add_argument(
+        "--space",
+        choices=("rules", "default"),
+        default="rules",
+        help="design spaces: our schedule rules' (default) or stock MetaSchedule's",
+    )
+    t.add_argument(
+        "--min-repeat-ms",
+        type=int,
+        help="each timing lasts at least this long (default 25 local, 0 remote)",
+    )
+    t.add_argument("--timeout", type=float, help="seconds per measurement before it fails")
+    t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    t.set_defaults(func=cmd_tune, no_sepconv_ops=False)
+
+    d = sub.add_parser("device", help="TVM RPC devices: serve, tracker, check")
+    dsub = d.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+    ds = dsub.add_parser("serve", help="run a TVM RPC server on this machine (a board)")
+    ds.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    ds.add_argument("--port", type=int, default=9090, help="first port to try (default 9090)")
+    ds.add_argument("--port-end", type=int, help="try ports up to this one (default PORT+99)")
+    ds.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
+    ds.add_argument("--key", help="device key to register under, e.g. rpi4 (needs --tracker)")
+    ds.add_argument("--custom-addr", help="address to report to the tracker (NAT, containers)")
+    ds.set_defaults(func=cmd_device_serve)
+    dt = dsub.add_parser("tracker", help="run a TVM RPC tracker (hands boards to tuners)")
+    dt.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    dt.add_argument("--port", type=int, default=9190, help="first port to try (default 9190)")
+    dt.add_argument("--port-end", type=int, help="try ports up to this one (default PORT+99)")
+    dt.set_defaults(func=cmd_device_tracker)
+    dc = dsub.add_parser("check", help="connect to a device and report whether it answers")
+    dc.add_argument("device", help="local | rpc://HOST:PORT | tracker://HOST:PORT/KEY")
+    dc.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    dc.set_defaults(func=cmd_device_check)
+
+    b = sub.add_parser(
+        "bench",
+        help="validate, then time models against torch / torch.compile / ONNX Runtime; report",
+        description="Compile each model with sepconv, check every system against eager PyTorch, "
+        "then time it (median/p10/p90). Writes report.json, report.md, latency_vs_macs.png and "
+        "speedup.png into --report. Exit 1 if a system failed validation.",
+    )
+    b.add_argument("model", nargs="+", help="zoo names with knobs, e.g. mobilenet_v1:0.75@192")
+    b.add_argument("--target", "-t", default="host", help="target triple (default: host)")
+    b.add_argument(
+        "--device",
+        "-d",
+        default="local",
+        help="local | rpc://HOST:PORT | tracker://HOST:PORT/KEY (default: local); peers run "
+        "only locally",
+    )
+    b.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
+    b.add_argument(
+        "--peers",
+        default="torch,torch.compile,onnxruntime",
+        help="comma-separated peers: torch, torch.compile, onnxruntime, or none (default: all)",
+    )
+    b.add_argument("--runs", "-n", type=int, default=50, help="timed runs (default 50)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    b.add_argument(
+        "--threads", type=int, help="CPU threads for every system (default: physical cores)"
+    )
+    b.add_argument("--report", default="build/report", metavar="DIR", help="default build/report")
+    b.add_argument("--seed", type=int, default=0, help="seed of the validation input")
+    b.add_argument("--build-dir", metavar="DIR", help="keep the compiled artifacts here")
+    b.add_argument("--tune-log", metavar="DIR", help="also use the tuning records in DIR")
+    b.add_argument(
+        "--no-tune-logs", action="store_true", help="ignore the shipped tuning records (untuned)"
+    )
+    b.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="idle seconds before each timed system (TVM's threads spin after a run; default 1)",
+    )
+    b.set_defaults(func=cmd_bench)
     return p
 
 
