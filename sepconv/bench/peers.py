@@ -278,7 +278,8 @@ class Sepconv(Peer):
         import sepconv
 
         name = type(module).__name__
-        out = self.workdir() / f"{name}-{example.shape[-1]}-{os.getpid()}-{id(module)}"
+        # one path per peer: dlopen hands back an already-loaded library for a reused path
+        out = self.workdir() / f"{self.name}-{name}-{example.shape[-1]}-{os.getpid()}-{id(module)}"
         art = sepconv.compile(
             module, target=self.settings.target, out=out, example_input=example, force=True,
             tune_logs=self.settings.tune_logs, sepconv_ops=self.sepconv_ops,

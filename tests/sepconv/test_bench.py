@@ -80,7 +80,7 @@ def bench(tmp_path_factory):
     try:
         report = run_bench(
             MODELS,
-            ["torch", "onnxruntime", Wrong, Spy, NotHere, ExportFails, Crashes],
+            ["torch", "onnxruntime", "sepconv-no-ops", Wrong, Spy, NotHere, ExportFails, Crashes],
             runs=RUNS,
             warmup=WARMUP,
             threads=2,
@@ -123,7 +123,8 @@ def test_report_files_and_schema(bench):
     assert [m["name"] for m in d["models"]] == MODELS
     for m in d["models"]:
         assert m["params"] > 0 and m["macs"] > 0 and m["input_shape"] == [1, 3, 32, 32]
-        for name in ("sepconv", "torch", "onnxruntime", "spy"):
+        # sepconv-no-ops: a second build of the same module in one process (own library path)
+        for name in ("sepconv", "torch", "onnxruntime", "sepconv-no-ops", "spy"):
             r = m["systems"][name]
             assert r["status"] == "ok", r
             assert r["validation"]["passed"] and r["validation"]["max_abs_error"] is not None
@@ -134,7 +135,7 @@ def test_report_files_and_schema(bench):
             "untuned",
             f"tuned {ours['tasks_tuned']}/{ours['tasks_total']} tasks",
         )
-        assert set(m["speedup"]) == {"torch", "onnxruntime", "spy"}
+        assert set(m["speedup"]) == {"torch", "onnxruntime", "sepconv-no-ops", "spy"}
     md = files["markdown"].read_text()
     for text in ("| model |", "`mobilenet_v1:0.25@32`", "sepconv schedules", "vs onnxruntime"):
         assert text in md
