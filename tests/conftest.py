@@ -1,8 +1,10 @@
-"""Shared fixtures: one compiled artifact per session."""
+"""Shared fixtures: one compiled artifact per session, a loopback RPC tracker with a server."""
 
 from __future__ import annotations
 
 import shutil
+import socket
+import time
 
 import pytest
 import torch
@@ -27,3 +29,37 @@ def artifact_copy(tiny_artifact, tmp_path):
     dst = tmp_path / path.name
     shutil.copytree(path, dst)
     return dst, model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    port = free_port()
+    trk = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
+    sport = free_port()
+    server = rpc.Server(
+        host="127.0.0.1",
+        port=sport,
+        port_end=sport + 50,
+        tracker_addr=("127.0.0.1", trk.port),
+        key="loopback",
+        silent=True,
+    )
+    deadline = time.monotonic() + 20
+    from sepconv.targets.devices import Device, count_servers
+
+    dev = Device("tracker", "127.0.0.1", trk.port, "loopback")
+    while count_servers(dev) == 0:
+        assert time.monotonic() < deadline, "the RPC server did not register with the tracker"
+        time.sleep(0.2)
+    yield trk.port
+    server.terminate()
+    trk.terminate()

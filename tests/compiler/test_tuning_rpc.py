@@ -14,8 +14,8 @@ from sepconv.compiler import tuning_db
 from sepconv.compiler.tuning import MeasureConfig, tune
 from sepconv.errors import DeviceError
 from sepconv.targets import resolve_target
+from tests.conftest import free_port
 from tests.nets import tiny_separable
-from tests.targets.test_devices import free_port
 
 X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -25,36 +25,18 @@ def records(log) -> int:
     return sum(1 for ln in path.read_text().splitlines() if ln.strip()) if path.exists() else 0
 
 
-def test_tune_through_a_loopback_tracker(tmp_path):
-    from tvm import rpc
-    from tvm.rpc.tracker import Tracker
-
-    port = free_port()
-    trk = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
-    sport = free_port()
-    server = rpc.Server(
-        host="127.0.0.1",
-        port=sport,
-        port_end=sport + 50,
-        tracker_addr=("127.0.0.1", trk.port),
-        key="loopback",
-        silent=True,
+def test_tune_through_a_loopback_tracker(tmp_path, tracker):
+    device = f"tracker://127.0.0.1:{tracker}/loopback"
+    report = tune(
+        tiny_separable(),
+        example_input=X,
+        device=device,
+        trials=3,
+        tune_log=tmp_path,
+        task_filter="dw_pw",
+        progress=False,
     )
-    try:
-        time.sleep(1.0)  # the server registers with the tracker
-        report = tune(
-            tiny_separable(),
-            example_input=X,
-            device=f"tracker://127.0.0.1:{trk.port}/loopback",
-            trials=3,
-            tune_log=tmp_path,
-            task_filter="dw_pw",
-            progress=False,
-        )
-    finally:
-        server.terminate()
-        trk.terminate()
-    assert report.device == f"tracker://127.0.0.1:{trk.port}/loopback"
+    assert report.device == device
     assert report.trials == 3 and report.stopped is None
     log = tmp_path / resolve_target("host").key
     assert records(log) == 3

@@ -19,12 +19,7 @@ from sepconv.targets.devices import (
     run_artifact,
     time_artifact,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -35,34 +30,6 @@ def rpc_server():
     server = rpc.Server(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
     yield f"rpc://127.0.0.1:{server.port}"
     server.terminate()
-
-
-@pytest.fixture(scope="module")
-def tracker():
-    from tvm import rpc
-    from tvm.rpc.tracker import Tracker
-
-    port = free_port()
-    trk = Tracker(host="127.0.0.1", port=port, port_end=port + 50, silent=True)
-    sport = free_port()
-    server = rpc.Server(
-        host="127.0.0.1",
-        port=sport,
-        port_end=sport + 50,
-        tracker_addr=("127.0.0.1", trk.port),
-        key="loopback",
-        silent=True,
-    )
-    deadline = time.monotonic() + 20
-    from sepconv.targets.devices import count_servers
-
-    dev = Device("tracker", "127.0.0.1", trk.port, "loopback")
-    while count_servers(dev) == 0:
-        assert time.monotonic() < deadline, "the RPC server did not register with the tracker"
-        time.sleep(0.2)
-    yield trk.port
-    server.terminate()
-    trk.terminate()
 
 
 @pytest.mark.parametrize(
