@@ -1,10 +1,12 @@
-"""Zoo latency (issue 3's benchmark): sepconv vs torch eager vs ONNX Runtime on every zoo model.
+"""Zoo latency: sepconv (tuned) vs sepconv untuned vs torch eager vs ONNX Runtime, every zoo model.
 
 A preset over ``sepconv bench`` (:func:`sepconv.bench.run_bench`): each model at 224 (its own
 resolution for EfficientNet), batch 1, fp32, 2 threads; every system validated against eager
 PyTorch before it is timed; median (p10–p90) of ≥50 runs after warm-up. sepconv uses the tuning
 records shipped for the target when there are any (the table says "tuned N/M tasks" or
-"untuned"); ``--untuned`` ignores them.
+"untuned"); the ``sepconv-untuned`` peer is the same build without them (our schedule rules
+alone), so "vs sepconv-untuned" is what the shipped tuning buys. ``--untuned`` ignores the
+records for sepconv itself too.
 
     python benchmarks/zoo_latency.py
     → prints the table; writes benchmarks/results/zoo_latency.json, zoo_latency.md,
@@ -29,14 +31,16 @@ ZOO = (
     "efficientnet_b0",
     "shufflenet_v2",
 )
+PEERS = "torch,onnxruntime,sepconv-untuned"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(ZOO), help="default: the zoo at 224")
-    p.add_argument("--peers", default="torch,onnxruntime", help="default: torch,onnxruntime")
+    p.add_argument("--peers", default=PEERS, help=f"default: {PEERS}")
     p.add_argument("--runs", type=int, default=50, help="timed runs per system (default 50)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     p.add_argument("--target", default="host", help="target triple (default: host)")
     p.add_argument("--untuned", action="store_true", help="ignore the shipped tuning records")
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=1,
             runs=args.runs,
             warmup=args.warmup,
+            rounds=args.rounds,
             threads=args.threads,
             tune_logs=not args.untuned,
         )

@@ -311,6 +311,7 @@ def cmd_bench(args) -> int:
         batch=args.batch,
         runs=args.runs,
         warmup=args.warmup,
+        rounds=args.rounds,
         threads=threads,
         seed=args.seed,
         tune_logs=[True] * (not args.no_tune_logs) + [args.tune_log] * bool(args.tune_log),
@@ -496,10 +497,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--peers",
         default="torch,torch.compile,onnxruntime",
-        help="comma-separated peers: torch, torch.compile, onnxruntime, or none (default: all)",
+        help="comma-separated peers: torch, torch.compile, onnxruntime, sepconv-untuned (no "
+        "tuning records), sepconv-no-ops (TVM's own conv2d), or none (default: "
+        "torch,torch.compile,onnxruntime)",
     )
     b.add_argument("--runs", "-n", type=int, default=50, help="timed runs (default 50)")
     b.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    b.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="split the runs into this many rounds, systems interleaved, order reversed each "
+        "round, so a machine's drift does not favour one system (default 5)",
+    )
     b.add_argument(
         "--threads", type=int, help="CPU threads for every system (default: physical cores)"
     )

@@ -23,6 +23,7 @@ from .peers import (
     Timing,
     parse_peers,
     time_call,
+    time_interleaved,
 )
 from .report import BenchReport, ModelResult, SystemResult
 from .runner import DEFAULT_PEERS, run_bench
@@ -41,4 +42,5 @@ __all__ = [
     "parse_peers",
     "run_bench",
     "time_call",
+    "time_interleaved",
 ]

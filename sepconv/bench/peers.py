@@ -46,6 +46,7 @@ class BenchSettings:
     batch: int = 1
     runs: int = 50
     warmup: int = 10
+    rounds: int = 5  # local timing: runs split into rounds, systems interleaved (drift cancels)
     threads: int = 1
     seed: int = 0
     tune_logs: bool | str | os.PathLike | list = True
@@ -80,6 +81,46 @@ DEVICE_CLOCK = "TVM time_evaluator on the device (network excluded)"
 
 def time_call(fn: Callable[[Any], Any], x: Any, warmup: int, runs: int) -> Timing:
     """The shared timer: ``warmup`` calls, then ``runs`` calls timed one by one (GC paused)."""
+    return Timing.from_samples(time_samples(fn, x, warmup, runs), WALL_CLOCK)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[Any], Any]],
+    x: Any,
+    *,
+    warmup: int,
+    runs: int,
+    rounds: int,
+    settle_s: float = 1.0,
+    on_step: Callable[[str, int], None] | None = None,
+) -> dict[str, Timing | Exception]:
+    """Time several systems against each other: ``rounds`` rounds of about runs/rounds calls
+    each, the order reversed every round, each system's samples pooled. A shared machine drifts
+    (other tenants, clocks) over the seconds one block takes; timed one block after another,
+    that drift would show up as a difference between the systems. A system that raises is
+    dropped from later rounds and its exception returned in place of a timing."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    failed: dict[str, Exception] = {}
+    rounds = max(1, min(rounds, runs))
+    for i in range(rounds):
+        n_runs = runs // rounds + (i < runs % rounds)
+        n_warm = warmup if i == 0 else max(1, -(-warmup // rounds))
+        for name in names if i % 2 == 0 else names[::-1]:
+            if name in failed:
+                continue
+            if on_step is not None:
+                on_step(name, i)
+            time.sleep(settle_s)  # let the last system's spinning threads go to sleep
+            try:
+                samples[name] += time_samples(fns[name], x, n_warm, n_runs)
+            except Exception as exc:  # noqa: BLE001 - reported per system by the caller
+                failed[name] = exc
+    return {n: failed.get(n) or Timing.from_samples(samples[n], WALL_CLOCK) for n in names}
+
+
+def time_samples(fn: Callable[[Any], Any], x: Any, warmup: int, runs: int) -> list[float]:
+    """``warmup`` untimed calls, then the ms of each of ``runs`` calls (GC paused)."""
     for _ in range(warmup):
         fn(x)
     samples = []
@@ -93,7 +134,7 @@ def time_call(fn: Callable[[Any], Any], x: Any, warmup: int, runs: int) -> Timin
     finally:
         if gc_was_on:
             gc.enable()
-    return Timing.from_samples(samples, WALL_CLOCK)
+    return samples
 
 
 @dataclass
@@ -262,6 +303,7 @@ class Sepconv(Peer):
     name = "sepconv"
     local_only = False
     sepconv_ops = True
+    tuned = True  # read the tuning records the settings name
 
     def available(self):
         from sepconv.targets import resolve_target
@@ -282,7 +324,8 @@ class Sepconv(Peer):
         out = self.workdir() / f"{self.name}-{name}-{example.shape[-1]}-{os.getpid()}-{id(module)}"
         art = sepconv.compile(
             module, target=self.settings.target, out=out, example_input=example, force=True,
-            tune_logs=self.settings.tune_logs, sepconv_ops=self.sepconv_ops,
+            tune_logs=self.settings.tune_logs if self.tuned else False,
+            sepconv_ops=self.sepconv_ops,
         )  # fmt: skip
         b = art.manifest.build
         tuned, total = int(b.get("tasks_tuned", 0)), int(b.get("tasks_total", 0))
@@ -316,8 +359,15 @@ class SepconvWithoutOps(Sepconv):
     sepconv_ops = False
 
 
+class SepconvUntuned(Sepconv):
+    """sepconv without tuning records — our schedule rules alone: what tuning buys."""
+
+    name = "sepconv-untuned"
+    tuned = False
+
+
 PEERS: dict[str, type[Peer]] = {
-    p.name: p for p in (TorchEager, TorchCompile, OnnxRuntime, SepconvWithoutOps)
+    p.name: p for p in (TorchEager, TorchCompile, OnnxRuntime, SepconvWithoutOps, SepconvUntuned)
 }
 """Peers by the names ``--peers`` accepts."""
 

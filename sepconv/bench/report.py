@@ -184,6 +184,10 @@ def _count(n: int | None) -> str:
     return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
 
 
+def _rounds(rounds: int) -> str:
+    return f", in {rounds} interleaved rounds (order reversed each round)" if rounds > 1 else ""
+
+
 def markdown(report) -> str:
     s, mach, v = report.settings, report.machine, report.versions
     systems = report.systems
@@ -196,7 +200,8 @@ def markdown(report) -> str:
         f"threads, {mach['memory_gib']} GiB, {mach['os']}.  ",
         f"Target {spec.get('triple', s['target'])} ({spec.get('key', '')}, mcpu "
         f"{spec.get('mcpu', '?')}) on device {s['device']}; batch {s['batch']}, {s['threads']} "
-        f"threads, median of {s['runs']} runs after {s['warmup']} warm-up.  ",
+        f"threads, median of {s['runs']} runs after {s['warmup']} warm-up"
+        f"{_rounds(s.get('rounds', 1))}.  ",
         "Versions: " + " · ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
         "Latency in ms: median (p10–p90). Every system was checked against eager PyTorch "

@@ -1,4 +1,4 @@
-"""The bench loop: per model, prepare and validate every system, then time them one by one."""
+"""The bench loop: per model, prepare and validate every system, then time them interleaved."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .peers import (
     Prepared,
     Sepconv,
     parse_peers,
-    time_call,
+    time_interleaved,
 )
 from .report import BenchReport, ModelResult, SystemResult
 
@@ -138,6 +138,7 @@ def run_bench(
     batch: int = 1,
     runs: int = 50,
     warmup: int = 10,
+    rounds: int = 5,
     threads: int | None = None,
     seed: int = 0,
     tune_logs: bool | str | os.PathLike | list = True,
@@ -162,8 +163,11 @@ def run_bench(
         models = [models]
     if not models:
         raise SepconvError("name at least one model to benchmark (see `sepconv models`)")
-    if runs < 1 or warmup < 0 or batch < 1:
-        raise SepconvError(f"need runs ≥ 1, warmup ≥ 0, batch ≥ 1 (got {runs}, {warmup}, {batch})")
+    if runs < 1 or warmup < 0 or batch < 1 or rounds < 1:
+        raise SepconvError(
+            f"need runs ≥ 1, warmup ≥ 0, batch ≥ 1, rounds ≥ 1 (got {runs}, {warmup}, {batch}, "
+            f"{rounds})"
+        )
     for name in models:
         parse_name(name)  # a typo fails now, not after an hour of the models before it
     threads = threads or physical_cores()
@@ -185,8 +189,10 @@ def run_bench(
         tmp = tempfile.TemporaryDirectory(prefix="sepconv-bench-")
         build_dir = tmp.name
     settings = BenchSettings(
-        target, device, batch, runs, warmup, threads, seed, tune_logs, settle_s, Path(build_dir)
-    )
+        target=target, device=device, batch=batch, runs=runs, warmup=warmup, rounds=rounds,
+        threads=threads, seed=seed, tune_logs=tune_logs, settle_s=settle_s,
+        build_dir=Path(build_dir),
+    )  # fmt: skip
     systems = _systems(peers, settings)
     reasons = {}
     for s in systems:
@@ -281,12 +287,7 @@ def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelRe
             prepared[system.name] = p
         bar.update(1)
     try:
-        for system in timing_order:
-            bar.set_postfix_str(f"{spec.name} · {system.name}: timing", refresh=True)
-            p = prepared.get(system.name)
-            if p is not None:
-                _time(result.systems[system.name], p, x, settings)
-            bar.update(1)
+        _time_interleaved(result, prepared, timing_order, x, settings, bar, spec.name)
     finally:
         for p in prepared.values():
             _close(p)
@@ -295,16 +296,44 @@ def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelRe
     return result
 
 
-def _time(result: SystemResult, p: Prepared, x, settings: BenchSettings) -> None:
-    time.sleep(settings.settle_s)  # let the last system's spinning threads go to sleep
-    try:
-        if p.timer is not None:
-            t = p.timer(x, settings.warmup, settings.runs)
-        else:
-            t = time_call(p.fn, x, settings.warmup, settings.runs)
-    except Exception as exc:  # noqa: BLE001
-        result.status, result.reason = "FAIL", f"timing run failed: {_one_line(exc)}"
-        return
-    result.latency_ms = {
-        "median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "runs": t.runs, "timer": t.timer,
-    }  # fmt: skip
+def _time_interleaved(result, prepared, timing_order, x, settings, bar, model) -> None:
+    """Local systems: interleaved rounds (:func:`time_interleaved`). Systems with their own
+    clock (a remote device) are timed there, one block each."""
+    ok = [s.name for s in timing_order if s.name in prepared]
+    local = {n: prepared[n].fn for n in ok if prepared[n].timer is None}
+    rounds = max(1, min(settings.rounds, settings.runs))
+
+    def step(name: str, i: int) -> None:
+        bar.set_postfix_str(f"{model} · {name}: timing ({i + 1}/{rounds})", refresh=True)
+
+    timings: dict = {}
+    for n in ok:
+        if prepared[n].timer is not None:
+            step(n, 0)
+            time.sleep(settings.settle_s)
+            try:
+                timings[n] = prepared[n].timer(x, settings.warmup, settings.runs)
+            except Exception as exc:  # noqa: BLE001
+                timings[n] = exc
+    if local:
+        timings.update(
+            time_interleaved(
+                local,
+                x,
+                warmup=settings.warmup,
+                runs=settings.runs,
+                rounds=rounds,
+                settle_s=settings.settle_s,
+                on_step=step,
+            )
+        )
+    for system in timing_order:
+        r, t = result.systems.get(system.name), timings.get(system.name)
+        if isinstance(t, Exception):
+            r.status, r.reason = "FAIL", f"timing run failed: {_one_line(t)}"
+        elif t is not None:
+            r.latency_ms = {
+                "median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "runs": t.runs,
+                "timer": t.timer, "rounds": rounds if system.name in local else 1,
+            }  # fmt: skip
+        bar.update(1)

@@ -11,7 +11,15 @@ import os
 import pytest
 import torch
 
-from sepconv.bench import BenchSettings, Peer, PeerUnavailable, Prepared, parse_peers, run_bench
+from sepconv.bench import (
+    BenchSettings,
+    Peer,
+    PeerUnavailable,
+    Prepared,
+    parse_peers,
+    run_bench,
+    time_interleaved,
+)
 from sepconv.bench.peers import LOCAL_ONLY, OnnxRuntime, TorchCompile, TorchEager
 from sepconv.bench.report import latency_frontier
 from sepconv.cli import EXIT_ERROR, main
@@ -130,6 +138,7 @@ def test_report_files_and_schema(bench):
             assert r["validation"]["passed"] and r["validation"]["max_abs_error"] is not None
             t = r["latency_ms"]
             assert t["runs"] == RUNS and t["p10"] <= t["median"] <= t["p90"]
+            assert t["rounds"] == min(5, RUNS)
         ours = m["systems"]["sepconv"]["info"]
         assert ours["tuned"] in (
             "untuned",
@@ -148,7 +157,9 @@ def test_failed_validation_is_marked_and_not_timed(bench):
         assert r.status == "FAIL" and r.latency_ms is None
         assert r.validation["passed"] is False and "differs from eager PyTorch" in r.reason
     assert Wrong.calls == len(MODELS)  # validated once per model, never run again
-    assert Spy.calls == len(MODELS) * (1 + WARMUP + RUNS)
+    rounds = min(5, RUNS)  # the default rounds, at most one per run
+    warmups = WARMUP + (rounds - 1) * max(1, -(-WARMUP // rounds))
+    assert Spy.calls == len(MODELS) * (1 + warmups + RUNS)
     assert report.failed
     assert "FAIL [" in files["markdown"].read_text()
 
@@ -187,6 +198,30 @@ def test_torch_compile_unavailable_not_crashed(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.raises(PeerUnavailable, match="torch.compile failed"):
         TorchCompile(BenchSettings()).prepare(torch.nn.ReLU(), torch.zeros(1))
+
+
+def test_time_interleaved_reverses_order_and_pools_samples():
+    calls: list[str] = []
+
+    def system(name):
+        def fn(x):
+            calls.append(name)
+
+        return fn
+
+    def broken(x):
+        calls.append("broken")
+        raise RuntimeError("segfault soon")
+
+    fns = {"a": system("a"), "b": system("b"), "broken": broken}
+    out = time_interleaved(fns, None, warmup=2, runs=7, rounds=3, settle_s=0)
+    assert out["a"].runs == out["b"].runs == 7  # 3 + 2 + 2, pooled
+    assert isinstance(out["broken"], RuntimeError)  # reported, not retried in later rounds
+    assert calls.count("broken") == 1
+    # round 1: a, b, broken (warm-up 2); round 2 reversed (warm-up 1, broken dropped); round 3
+    blocks = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
+    assert blocks == ["a", "b", "broken", "b", "a", "b"]
+    assert calls.count("a") == 2 + 3 + 1 + 2 + 1 + 2
 
 
 def test_peer_names():
