@@ -20,9 +20,12 @@ schedule is one candidate. :class:`RankedEnumeration` measures them best-predict
 until the space or the budget is spent; evolutionary search on such a space spends its time
 failing to mutate. A rule whose schedules still sample otherwise (``sample_perfect_tile``…) is
 searched by MetaSchedule's evolutionary search. A rule without any sampling instruction
-(elementwise, fallback) has no space: those tasks get MetaSchedule's default space and its
-evolutionary search, as does a rule whose schedules MetaSchedule's postprocessors reject
-(logged). ``space="default"`` tunes everything in the default space (stock MetaSchedule).
+(elementwise, pooling, fallback) has no space: those tasks get MetaSchedule's default space and
+its evolutionary search, with the rule's own schedule measured first — so a task's best record
+is never worse than the untuned build on the machine that tuned it (stock MetaSchedule's
+candidates often are, early on). A rule whose schedules MetaSchedule's postprocessors reject
+gets the default space without a seed (logged). ``space="default"`` tunes everything in the
+default space, unseeded (stock MetaSchedule, for comparison).
 
 Builder. MetaSchedule's default build function imports ``tvm.s_tir.tensor_intrin`` (≈25 s) in
 every fresh worker, and ``LocalBuilder`` starts fresh workers per batch, so every candidate times
@@ -72,6 +75,7 @@ __all__ = [
     "TuneReport",
     "TuneTask",
     "extract_tasks",
+    "rule_choice_vs_best",
     "tune",
 ]
 
@@ -91,6 +95,7 @@ class TuneTask:
     rule: str | None = None  # our rule that accepts it, if any
     space: str = "default"  # "rule" or "default"
     num_spaces: int = 0  # design spaces (rule: distinct schedules)
+    seeds: list = field(default_factory=list)  # default space: the rule's own schedule, first
 
     @functools.cached_property
     def workload_hash(self) -> str:
@@ -247,6 +252,7 @@ class RuleSpace:
     rule: str | None
     schedules: list
     enumerated: bool = True
+    own: list = field(default_factory=list)  # no space (nothing sampled): the rule's schedule
 
 
 def rule_spaces(func, target, rules=None, max_spaces: int = MAX_RULE_SPACES) -> RuleSpace:
@@ -273,7 +279,7 @@ def rule_spaces(func, target, rules=None, max_spaces: int = MAX_RULE_SPACES) -> 
         kinds = {i.kind.name for s in first for i in s.trace.insts}
         samples = {k for k in kinds if k.startswith("Sample")}
         if not samples:
-            return RuleSpace(name, [])
+            return RuleSpace(name, [], own=first)
         if samples != {"SampleCategorical"} or not seen:
             return RuleSpace(name, first, enumerated=False)
         combos = list(itertools.product(*(range(n) for n in seen)))
@@ -476,6 +482,31 @@ def _logged_candidates(task: TuneTask, database, context, cost_model) -> dict[in
     return logged
 
 
+def rule_choice_vs_best(task: TuneTask, target, database) -> tuple[float | None, float | None]:
+    """(µs of our rule's own schedule, µs of the best record) for ``task``, as measured in
+    ``database`` — what tuning bought on that task, both sides timed by the same tuner on the same
+    device. ``None`` where the log has no such record (the rule's schedule is found among the
+    records by its module, as a resumed run finds what it measured)."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    logged = {
+        h: secs
+        for h, run_secs in _logged_candidates(task, database, None, None).items()
+        if (secs := _mean_secs(run_secs)) is not None
+    }
+    best = min(logged.values()) * 1e6 if logged else None
+    rs = rule_spaces(task.mod["main"], target)
+    own = rs.schedules[:1] if rs.enumerated else []
+    own = own or rs.own[:1]
+    if not own:
+        return None, best
+    ctx = ms.TuneContext(task.mod, target=target, space_generator=_space_generator([own[0].trace]))
+    cands, _ = measure_candidates(ctx, ctx.generate_design_space())
+    secs = logged.get(tvm_ffi.structural_hash(cands[0].sch.mod)) if cands else None
+    return (secs * 1e6 if secs is not None else None), best
+
+
 @dataclass
 class Budget:
     """Trials left in this run, shared by every task's search so that no batch overshoots it
@@ -490,11 +521,39 @@ class Budget:
         return 0 if self.stopped else max(0, self.total - self.used)
 
 
+def measure_candidates(context, schedules, logged=(), task_name: str = "") -> tuple[list, int]:
+    """(measure candidates, how many were already logged): each distinct schedule after
+    MetaSchedule's postprocessors, minus those the log has measured."""
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
+
+    postprocs = list(context.space_generator.postprocs)
+    out, seen, skipped = [], set(), 0
+    for space in schedules:
+        sch = space.copy()
+        sch.enter_postproc()
+        try:
+            if not all(p.apply(sch) for p in postprocs):
+                continue
+        except Exception as exc:  # noqa: BLE001
+            log.debug("postprocessor raised on %s: %s", task_name, exc)
+            continue
+        h = tvm_ffi.structural_hash(sch.mod)
+        if h in seen:
+            continue
+        seen.add(h)
+        if h in logged:
+            skipped += 1
+            continue
+        out.append(MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+    return out, skipped
+
+
 def _make_search_strategies(budget: Budget):
     from tvm.ir.utils import derived_object
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.runner import RunnerResult
-    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate, PySearchStrategy
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
     @derived_object
     class RankedEnumeration(PySearchStrategy):
@@ -518,33 +577,14 @@ def _make_search_strategies(budget: Budget):
             self.context = context
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
-            import tvm_ffi
-
             self.max_trials = min(int(max_trials), self.budget)
             self.per_iter = int(num_trials_per_iter)
             self.cost_model = cost_model
             self.trials = 0
             logged = _logged_candidates(self.task, database, self.context, cost_model)
-            postprocs = list(self.context.space_generator.postprocs)
-            self.todo, seen = [], set()
-            for space in design_spaces:
-                sch = space.copy()
-                sch.enter_postproc()
-                try:
-                    if not all(p.apply(sch) for p in postprocs):
-                        continue
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("postprocessor raised on %s: %s", self.task.name, exc)
-                    continue
-                h = tvm_ffi.structural_hash(sch.mod)
-                if h in seen:
-                    continue
-                seen.add(h)
-                if h in logged:
-                    self.skipped += 1
-                    continue
-                args = ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-                self.todo.append(MeasureCandidate(sch, args))
+            self.todo, self.skipped = measure_candidates(
+                self.context, design_spaces, logged, self.task.name
+            )
 
         def post_tuning(self):
             self.todo = []
@@ -579,8 +619,9 @@ def _make_search_strategies(budget: Budget):
             self.budget = budget
             self.context = None
             self.logged: dict[int, list[float]] = {}
-            self._pending: tuple[list, list] = ([], [])
+            self._pending: tuple[list, list] | None = ([], [])
             self.skipped = 0
+            self.seeds: list = []
 
         def _initialize_with_tune_context(self, context):
             self.context = context
@@ -588,8 +629,12 @@ def _make_search_strategies(budget: Budget):
 
         def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
             self.logged = _logged_candidates(self.task, database, self.context, cost_model)
+            self.seeds, skipped = measure_candidates(
+                self.context, self.task.seeds, self.logged, self.task.name
+            )
+            self.skipped += skipped
             self.inner.pre_tuning(
-                min(int(max_trials), self.budget),
+                max(1, min(int(max_trials), self.budget) - len(self.seeds)),
                 num_trials_per_iter,
                 design_spaces,
                 database,
@@ -602,6 +647,10 @@ def _make_search_strategies(budget: Budget):
         def generate_measure_candidates(self):
             import tvm_ffi
 
+            if self.seeds and budget.left > 0:  # measured first, outside the evolution
+                batch, self.seeds = self.seeds[: budget.left], []
+                self._pending = None
+                return batch
             for _ in range(8):
                 if budget.left <= 0:
                     return None
@@ -624,6 +673,9 @@ def _make_search_strategies(budget: Budget):
             return None
 
         def notify_runner_results(self, measure_candidates, results):
+            if self._pending is None:  # the seeds: the evolution did not propose them
+                self._pending = ([], [])
+                return
             known, known_results = self._pending
             self._pending = ([], [])
             self.inner.notify_runner_results(
@@ -1031,8 +1083,10 @@ def _design_space(task: TuneTask, target, ms, space: str) -> tuple[object, str]:
     """(space generator, how to search it: ``"enumerate"`` or ``"evolve"``) for ``task``.
 
     ``space="rules"``: our rule's design space where it has one that MetaSchedule's
-    postprocessors accept, else MetaSchedule's default space. ``space="default"``: always the
-    default (stock MetaSchedule, for comparison). Sets ``task.space``/``rule``/``num_spaces``.
+    postprocessors accept, else MetaSchedule's default space (seeded with the rule's own
+    schedule, ``task.seeds``, when a rule without a space accepts the task). ``space="default"``:
+    always the default, unseeded (stock MetaSchedule). Sets ``task.space``/``rule``/
+    ``num_spaces``/``seeds``.
     """
     if space == "rules":
         rs = rule_spaces(task.mod["main"], target)
@@ -1062,6 +1116,12 @@ def _design_space(task: TuneTask, target, ms, space: str) -> tuple[object, str]:
                 task.name,
             )
         elif rs.rule is not None:
+            # the rule's own schedule is measured first: the best record is then never worse
+            # than the untuned build, on the machine that tuned
+            probe = ms.TuneContext(
+                task.mod, target=target, space_generator=_space_generator([x.trace for x in rs.own])
+            )
+            task.seeds = _passes_postprocs(probe)
             log.info("rule %s has no design space for %s: default space", rs.rule, task.name)
     elif space != "default":
         raise TuningError(f"space must be 'rules' or 'default', got {space!r}")

@@ -146,6 +146,43 @@ def test_a_tuned_build_uses_the_records_after_fusion(tuned, tmp_path):
     assert untuned.manifest.build["tasks_tuned"] == 0
 
 
+def test_bench_untuned_peer_ignores_the_records(tuned, tmp_path):
+    """`sepconv bench --peers sepconv-untuned`: the same build without the records, so the
+    tuned-vs-untuned ratio compares our rules with the tuned schedules."""
+    from sepconv.bench.peers import BenchSettings, Sepconv, SepconvUntuned
+
+    root, _ = tuned
+    settings = BenchSettings(tune_logs=[root], build_dir=tmp_path)
+    with_logs = Sepconv(settings).prepare(tiny_separable(), X).info
+    without = SepconvUntuned(settings).prepare(tiny_separable(), X)
+    assert with_logs["tasks_tuned"] > 0
+    assert without.info["tuned"] == "untuned" and without.info["tasks_tuned"] == 0
+    assert with_logs["tasks_total"] == without.info["tasks_total"]
+    with torch.no_grad():
+        want = tiny_separable()(X).numpy()
+    assert abs(without.fn(X) - want).max() < 1e-4
+
+
+def test_the_rules_own_choice_is_measured_and_never_beats_the_best_record(tuned):
+    from sepconv.compiler.importer import import_module
+    from sepconv.compiler.tuning import extract_tasks, rule_choice_vs_best
+
+    root, report = tuned
+    target = resolve_target("host").target
+    db = tuning_db.open_database([key_dir(root)])
+    measured = {r.name for r in report.tasks if r.trials}
+    tasks = extract_tasks([("tiny", import_module(tiny_separable(), (X,)))], target)
+    checked = 0
+    for task in tasks:
+        own, best = rule_choice_vs_best(task, target, db)
+        if task.name in measured:
+            assert own is not None and best is not None and 0 < best <= own, task.name
+            checked += 1
+        else:
+            assert own is None and best is None  # nothing logged for it
+    assert checked == len(measured) > 0
+
+
 def test_records_serve_another_model_sharing_a_layer(tuned, tmp_path):
     root, report = tuned
     torch.manual_seed(1)
@@ -176,6 +213,33 @@ def test_rule_design_spaces_are_enumerated():
     ), "the rule's own choice is the first candidate"
     transpose = next(gv.name_hint for gv in mod.get_global_vars() if gv.name_hint == "transpose")
     assert rule_spaces(mod[transpose], target).schedules == []  # no space: default one
+
+
+def test_tasks_without_a_rule_space_measure_the_rules_schedule_first(tmp_path):
+    """A task our rules schedule without a space (here a transpose) is tuned in MetaSchedule's
+    default space, but the rule's own schedule is one of the measured candidates: the best
+    record can never be worse than the untuned build on the machine that tuned."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from sepconv.compiler import tuning
+    from sepconv.compiler.importer import import_module
+
+    target = resolve_target("host").target
+    graphs = [("tiny", import_module(tiny_separable(), (X,)))]
+    task = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "transpose")
+    assert tuning._design_space(task, target, ms, "rules") == ("post-order-apply", "evolve")
+    assert task.seeds and task.rule is not None
+    ctx = ms.TuneContext(task.mod, target=target, space_generator="post-order-apply")
+    (seed,), _ = tuning.measure_candidates(ctx, task.seeds)
+    tune(
+        tiny_separable(), example_input=X, trials=3, tune_log=tmp_path, task_filter="^transpose$",
+        trials_per_iter=2, progress=False,
+    )  # fmt: skip
+    assert tvm_ffi.structural_hash(seed.sch.mod) in candidate_hashes(key_dir(tmp_path))
+    # stock MetaSchedule (the comparison baseline) is not seeded
+    stock = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "transpose")
+    tuning._design_space(stock, target, ms, "default")
+    assert stock.seeds == []
 
 
 def test_rerun_continues_where_the_log_stops(tuned, tmp_path):
