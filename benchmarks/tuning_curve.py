@@ -67,8 +67,7 @@ def log_prefix(log_dir: Path, n: int, dest: Path) -> Path:
 def logged_records(log_dir: Path) -> int:
     from sepconv.compiler import tuning_db
 
-    path = log_dir / tuning_db.RECORD_FILE
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+    return sum(tuning_db.TuneLog(log_dir).count_records().values())
 
 
 def prepare_checked(peer, module, x, ref):
@@ -122,7 +121,7 @@ def kernel_level(module, x, logs: dict[str, Path]) -> dict:
     noisy than whole-model ones on a shared machine, and they need no rebuild."""
     from sepconv.compiler import tuning_db
     from sepconv.compiler.importer import import_module
-    from sepconv.compiler.tuning import extract_tasks, rule_choice_vs_best
+    from sepconv.compiler.tuning import best_record_us, extract_tasks, rule_choice_vs_best
     from sepconv.targets import resolve_target
 
     target = resolve_target("host").target
@@ -132,10 +131,10 @@ def kernel_level(module, x, logs: dict[str, Path]) -> dict:
     for task in tasks:
         row: dict = {"task": task.name, "weight": task.weight}
         for space, db in dbs.items():
-            own, best = rule_choice_vs_best(task, target, db)
-            row[f"{space}_best_us"] = best
-            if own is not None:
-                row["rule_us"] = own
+            if space == "rules":  # the only log that measured the rule's own schedule
+                row["rule_us"], row[f"{space}_best_us"] = rule_choice_vs_best(task, target, db)
+            else:
+                row[f"{space}_best_us"] = best_record_us(task, db)
         rows.append(row)
     keys = ["rule_us"] * ("rules" in dbs) + [f"{space}_best_us" for space in dbs]
     complete = [r for r in rows if all(r.get(k) is not None for k in keys)]

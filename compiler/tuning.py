@@ -74,6 +74,7 @@ device counts as gone and tuning stops (the records measured so far are kept).""
 __all__ = [
     "TuneReport",
     "TuneTask",
+    "best_record_us",
     "extract_tasks",
     "rule_choice_vs_best",
     "tune",
@@ -490,12 +491,7 @@ def rule_choice_vs_best(task: TuneTask, target, database) -> tuple[float | None,
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    logged = {
-        h: secs
-        for h, run_secs in _logged_candidates(task, database, None, None).items()
-        if (secs := _mean_secs(run_secs)) is not None
-    }
-    best = min(logged.values()) * 1e6 if logged else None
+    best = best_record_us(task, database)
     rs = rule_spaces(task.mod["main"], target)
     own = rs.schedules[:1] if rs.enumerated else []
     own = own or rs.own[:1]
@@ -503,8 +499,20 @@ def rule_choice_vs_best(task: TuneTask, target, database) -> tuple[float | None,
         return None, best
     ctx = ms.TuneContext(task.mod, target=target, space_generator=_space_generator([own[0].trace]))
     cands, _ = measure_candidates(ctx, ctx.generate_design_space())
-    secs = logged.get(tvm_ffi.structural_hash(cands[0].sch.mod)) if cands else None
+    if not cands:
+        return None, best
+    logged = _logged_candidates(task, database, None, None)
+    secs = _mean_secs(logged.get(tvm_ffi.structural_hash(cands[0].sch.mod)))
     return (secs * 1e6 if secs is not None else None), best
+
+
+def best_record_us(task: TuneTask, database) -> float | None:
+    """µs of ``task``'s best record in ``database`` (``None`` when it has none)."""
+    if not database.has_workload(task.mod):
+        return None
+    top = database.get_top_k(database.commit_workload(task.mod), 1)
+    secs = _mean_secs(top[0].run_secs) if top else None
+    return secs * 1e6 if secs is not None else None
 
 
 @dataclass
@@ -973,10 +981,7 @@ def tune(
         for t in tasks
     ]
     for t, r in zip(tasks, results):
-        if database.has_workload(t.mod):
-            top = database.get_top_k(database.commit_workload(t.mod), 1)
-            if top:
-                r.best_us = _mean_secs(top[0].run_secs) * 1e6
+        r.best_us = best_record_us(t, database)
     report = TuneReport(
         log_dir=log_dir,
         target=tspec.describe(),
