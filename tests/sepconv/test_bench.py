@@ -231,6 +231,8 @@ def test_peer_names():
         parse_peers("torch,tensorrt")
     with pytest.raises(SepconvError, match="unknown model"):
         run_bench(["mobilenet_v9"], "torch", progress=False)
+    with pytest.raises(SepconvError, match="rounds ≥ 1"):
+        run_bench(["mobilenet_v1"], "torch", rounds=0, progress=False)
 
 
 def test_latency_frontier():
