@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sepconv.compiler.importer import TensorInfo
 from sepconv.errors import ArtifactError
 
 FORMAT_NAME = "sepconv-artifact"
@@ -33,6 +32,22 @@ WEIGHTS = "weights.safetensors"
 # ELF e_machine values of the architectures our triples name.
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
 _HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+@dataclass
+class TensorInfo:
+    """One input or output of the compiled model: its name, shape and dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TensorInfo:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
 
 
 @dataclass

@@ -31,6 +31,7 @@ class BuildStats:
     sepconv_ops: dict | None = None  # what the separable rewrite did; None when it was off
     triton_ops: dict | None = None  # CUDA: what the Triton rewrite did (compiler.triton_ops)
     cuda_graph: bool | None = None  # CUDA: whether the VM replays one captured CUDA graph
+    cuda_kernels: str | None = None  # CUDA: "binary" (nvcc at build) or "source" (at load)
     precision: str = "fp32"
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     seconds: dict[str, float] = field(default_factory=dict)
@@ -51,6 +52,7 @@ class BuildStats:
             "sepconv_ops": self.sepconv_ops,
             **({"triton_ops": self.triton_ops} if self.triton_ops is not None else {}),
             **({"cuda_graph": self.cuda_graph} if self.cuda_graph is not None else {}),
+            **({"cuda_kernels": self.cuda_kernels} if self.cuda_kernels is not None else {}),
             **({"precision": self.precision} if self.precision != "fp32" else {}),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
@@ -177,6 +179,26 @@ def _finalize_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes)
 
 
+def _kernel_binaries(target: tvm.target.Target, stats: BuildStats):
+    """CUDA: compile TVM's kernels with nvcc as they are generated, so the library carries
+    binaries and loads with the TVM runtime alone (:mod:`sepconv.targets.cuda_embed`). Without
+    nvcc the library carries CUDA C++ that the GPU machine compiles at load."""
+    if target.kind.name != "cuda":
+        return contextlib.nullcontext()
+    from sepconv.targets.cuda_embed import precompiled_kernels
+    from sepconv.targets.triple import compile_cuda_fatbin, find_nvcc
+
+    if find_nvcc() is None:
+        log.warning(
+            "nvcc not found: the CUDA kernels are stored as source and compiled where the "
+            "library loads (that machine needs nvcc or NVRTC and the full TVM)"
+        )
+        stats.cuda_kernels = "source"
+        return contextlib.nullcontext()
+    stats.cuda_kernels = "binary"
+    return precompiled_kernels(str(target.attrs["arch"]), compile_cuda_fatbin)
+
+
 def build(
     graph: ImportedGraph,
     target: tvm.target.Target,
@@ -229,7 +251,7 @@ def build(
         else contextlib.nullcontext()
     )
     try:
-        with target, graph_ctx:
+        with target, graph_ctx, _kernel_binaries(target, stats):
             executable = tvm.compile(mod, target=target, relax_pipeline=_finalize_pipeline(target))
     except Exception as exc:
         raise CompileError(

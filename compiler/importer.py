@@ -17,23 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from sepconv.compiler.artifact import TensorInfo
 from sepconv.errors import ImportFailure
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def from_json(cls, d: dict) -> TensorInfo:
-        return cls(d["name"], tuple(d["shape"]), d["dtype"])
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 from pathlib import Path
@@ -17,6 +18,8 @@ from sepconv.compiler.artifact import (
 )
 from sepconv.errors import ArtifactError, DeviceError, InputError
 
+log = logging.getLogger(__name__)
+
 
 def _tvm_device(kind: str):
     import tvm
@@ -24,6 +27,7 @@ def _tvm_device(kind: str):
     if kind == "cpu":
         return tvm.cpu(0)
     if kind == "cuda":
+        _load_cuda_runtime()
         dev = tvm.cuda(0)
         if not dev.exist:
             raise DeviceError(
@@ -34,14 +38,42 @@ def _tvm_device(kind: str):
     raise DeviceError(f"unknown device {kind!r}; use 'cpu' or 'cuda'")
 
 
-def _prepare_cuda_load() -> None:
-    """A CUDA library built without a GPU carries its kernels as CUDA C++ source (and Triton
-    kernels as ready binaries): TVM compiles them when the library loads, through
-    ``tvm_callback_cuda_compile``. Set that up before ``load_module``."""
-    from sepconv.targets.cuda_embed import install_compile_hook
-    from sepconv.targets.triple import configure_cuda_jit
+def _load_cuda_runtime() -> None:
+    """The full TVM loads its CUDA runtime (``libtvm_runtime_cuda.so``: device API, module
+    loader, CUDA-graph builtins) when it is imported; the runtime-only TVM
+    (``TVM_USE_RUNTIME_LIB=1``, or no compiler library installed) does not, so load it here.
+    It links the NVIDIA driver: where that is missing the load fails and the device check that
+    follows says there is no GPU."""
+    import tvm_ffi
 
-    configure_cuda_jit(required=True)
+    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
+        return
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm",
+            target_name="tvm_runtime_cuda",
+            mode="RTLD_LOCAL",
+            extra_lib_paths=[runtime_dir],
+        )
+    except (OSError, RuntimeError) as exc:
+        log.debug("TVM's CUDA runtime does not load here: %s", exc)
+
+
+def _prepare_cuda_load(manifest: Manifest) -> None:
+    """The library's kernels reach the driver through ``tvm_callback_cuda_compile``
+    (:mod:`sepconv.targets.cuda_embed`): ready binaries for the GPU need only that hook; kernels
+    stored as CUDA C++ (a build without nvcc, or an older artifact) also need TVM's compiler
+    (nvcc or NVRTC) here."""
+    from sepconv.targets.cuda_embed import install_compile_hook
+
+    if manifest.build.get("cuda_kernels") != "binary":
+        from sepconv.targets.triple import configure_cuda_jit
+
+        configure_cuda_jit(required=True)
     install_compile_hook()
 
 
@@ -51,7 +83,7 @@ class CompiledModel:
     def __init__(self, root: Path, manifest: Manifest, device: str | None = None):
         import tvm
         from safetensors.numpy import load_file
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         self.path = root
         self.manifest = manifest
@@ -65,14 +97,14 @@ class CompiledModel:
         check_runs_here(root, manifest)
         self._dev = _tvm_device(self.device)
         if family == "cuda":
-            _prepare_cuda_load()
+            _prepare_cuda_load(manifest)
         try:
             lib = tvm.runtime.load_module(str(root / LIBRARY))
         except Exception as exc:
             raise ArtifactError(
                 f"cannot load {root / LIBRARY}: {exc}; recompile the model"
             ) from exc
-        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._vm = VirtualMachine(lib, self._dev)
         weights = load_file(str(root / WEIGHTS))
         missing = [n for n in manifest.weight_names if n not in weights]
         if missing:

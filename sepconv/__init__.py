@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _API = {
     "compile": "sepconv.api",
-    "load": "sepconv.api",
+    "load": "sepconv.compiler.runtime",  # needs neither torch nor TVM's compiler
     "validate": "sepconv.api",
     "tune": "sepconv.compiler.tuning",
     "CompiledModel": "sepconv.compiler.runtime",

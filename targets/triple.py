@@ -533,9 +533,12 @@ def _cuda_source_modules(mod: Any) -> list[str]:
 
     Without a loadable CUDA runtime (``ffi.Module.create.cuda`` unregistered: no NVIDIA driver),
     TVM 0.27 puts a ``CUDAFallbackModule`` holding the generated source in the library; with one,
-    the kernels are already compiled and there is nothing to check.
+    the kernels are already compiled and there is nothing to check. Sources that carry ready
+    binaries (:mod:`sepconv.targets.cuda_embed`) were compiled already and are left out.
     """
     import tvm_ffi
+
+    from sepconv.targets.cuda_embed import decode
 
     if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
         return []
@@ -548,7 +551,7 @@ def _cuda_source_modules(mod: Any) -> list[str]:
         stack.extend(m.imports)
         if m.kind == "cuda":
             source = str(m.inspect_source("cuda"))
-            if source:
+            if source and decode(source) is None:
                 sources.append(source)
     return sources
 
@@ -567,9 +570,10 @@ def _check_cuda_kernels(mod: Any, target: Target) -> None:
     logger.info("CUDA kernels build for %s; they are compiled again where the library loads", arch)
 
 
-def check_cuda_source(source: str, arch: str) -> None:
-    """Compile CUDA C++ ``source`` with nvcc for ``arch`` (``sm_90``) using TVM's own flags;
-    raise :class:`CompileError` with nvcc's message if it does not build."""
+def compile_cuda_fatbin(source: str, arch: str) -> bytes:
+    """Compile CUDA C++ ``source`` with nvcc and TVM's own flags into a fatbin holding SASS for
+    ``arch`` (``sm_90``) and its PTX (which the driver JIT-compiles on newer GPUs); raise
+    :class:`CompileError` with nvcc's message if it does not build."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise CompileError("nvcc not found: install the CUDA toolkit or put nvcc on PATH")
@@ -585,19 +589,32 @@ def check_cuda_source(source: str, arch: str) -> None:
         if nvcc_dir not in env_path.split(os.pathsep):  # TVM runs plain "nvcc"
             os.environ["PATH"] = nvcc_dir + os.pathsep + env_path
         try:
+            out = Path(tmp) / "kernels.fatbin"
             tvm_nvcc.compile_cuda(
                 source,
-                target_format="cubin",
-                arch=["-gencode", f"arch=compute_{sm},code=sm_{sm}"],
-                path_target=str(Path(tmp) / "kernels.cubin"),
+                target_format="fatbin",
+                arch=[
+                    "-gencode",
+                    f"arch=compute_{sm},code=sm_{sm}",
+                    "-gencode",
+                    f"arch=compute_{sm},code=compute_{sm}",
+                ],
+                path_target=str(out),
                 compiler="nvcc",
             )
+            return out.read_bytes()
         except RuntimeError as exc:
             msg = str(exc)
             tail = msg[msg.find("Compilation error:") :] if "Compilation error:" in msg else msg
             raise CompileError(f"nvcc cannot build the CUDA kernels for {arch}:\n{tail}") from exc
         finally:
             os.environ["PATH"] = env_path
+
+
+def check_cuda_source(source: str, arch: str) -> None:
+    """Compile CUDA C++ ``source`` with nvcc for ``arch``; raise :class:`CompileError` with
+    nvcc's message if it does not build."""
+    compile_cuda_fatbin(source, arch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,6 +657,7 @@ __all__ = [
     "TargetSpec",
     "canonical_triple",
     "check_cuda_source",
+    "compile_cuda_fatbin",
     "configure_cuda_jit",
     "find_nvcc",
     "host_triple",

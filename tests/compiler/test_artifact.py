@@ -11,6 +11,7 @@ import sepconv
 from sepconv.compiler import artifact as A
 from sepconv.errors import ArtifactError, DeviceError, InputError, SepconvError
 from tests.nets import TinySeparable, tiny_separable
+from tests.runtime_only import run_runtime_only
 
 
 def _flip_byte(path, offset=-100):
@@ -188,3 +189,31 @@ def test_failed_force_recompile_keeps_the_old_artifact(tmp_path, monkeypatch):
 def test_module_without_example_input_is_refused():
     with pytest.raises(SepconvError, match="example input"):
         sepconv.compile(TinySeparable())
+
+
+def test_loads_and_runs_with_the_tvm_runtime_alone(tiny_artifact, tmp_path):
+    """A deployment machine needs numpy, safetensors and the TVM runtime: no TVM compiler
+    library, no PyTorch. Same outputs as the full install's load."""
+    path, model = tiny_artifact
+    x = np.random.default_rng(3).standard_normal((2, 3, 16, 16)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    result = run_runtime_only(
+        f"""
+        import json, sys
+        import numpy as np
+        import tvm, sepconv
+        m = sepconv.load({str(path)!r})
+        y = m(np.load({str(tmp_path / "x.npy")!r}))
+        np.save({str(tmp_path / "y.npy")!r}, y)
+        print(json.dumps({{"runtime_only": tvm.base._RUNTIME_ONLY,
+                          "compiler_loaded": "tvm_compiler" in tvm.base._LOADED_LIBS,
+                          "torch": "torch" in sys.modules}}))
+        """,
+        tmp_path,
+    )
+    assert result == {"runtime_only": True, "compiler_loaded": False, "torch": False}
+    expected = sepconv.load(path)(x)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(expected - ref).max() <= 1e-4 * np.abs(ref).max() + 1e-5
