@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20  # the device tool's cap on the tree that travels
 INDEX = "index.json"
+SEEDS = (0, 1, 2)  # seeded inputs with a reference each (batch 32: the first only)
 DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (device tool's KINDS.md)
 FFI_PIN = "apache-tvm-ffi==0.1.14.post1"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_cuda.so", "libtvm_runtime_extra.so")
@@ -86,15 +87,26 @@ PARTS: dict[str, list[Entry]] = {
         Entry("mobilenet_v3_small", variant="cuda-graph"),
         Entry("mobilenet_v3_large", resolution=160, variant="cuda-graph"),
     ],
-    "zoo-a": [Entry("mobilenet_v3_large"), Entry("mobilenet_v3_large", variant="no-cuda-graph"),
-              Entry("mobilenet_v3_large", batch=32, variant="no-cuda-graph"),
-              Entry("shufflenet_v2")],  # fmt: skip
-    "zoo-b": [Entry("efficientnet_b0"), Entry("efficientnet_b0", variant="no-cuda-graph"),
-              Entry("efficientnet_b0", batch=32, variant="no-cuda-graph")],  # fmt: skip
-    "zoo-c": [Entry("mobilenet_v1"), Entry("mobilenet_v2", variant="no-triton"),
-              Entry("mobilenet_v3_large", precision="fp16")],  # fmt: skip
-    "zoo-d": [Entry("efficientnet_b0", precision="fp16"),
-              Entry("efficientnet_b0", variant="no-triton")],  # fmt: skip
+    "zoo-a": [
+        Entry("mobilenet_v3_large"),
+        Entry("mobilenet_v3_large", variant="no-cuda-graph"),
+        Entry("mobilenet_v3_large", batch=32, variant="no-cuda-graph"),
+        Entry("shufflenet_v2"),
+    ],  # fmt: skip
+    "zoo-b": [
+        Entry("efficientnet_b0"),
+        Entry("efficientnet_b0", variant="no-cuda-graph"),
+        Entry("efficientnet_b0", batch=32, variant="no-cuda-graph"),
+    ],  # fmt: skip
+    "zoo-c": [
+        Entry("mobilenet_v1"),
+        Entry("mobilenet_v2", variant="no-triton"),
+        Entry("mobilenet_v3_large", precision="fp16"),
+    ],  # fmt: skip
+    "zoo-d": [
+        Entry("efficientnet_b0", precision="fp16"),
+        Entry("efficientnet_b0", variant="no-triton"),
+    ],  # fmt: skip
 }
 
 
@@ -128,8 +140,8 @@ def dir_bytes(path: Path) -> int:
 # -- build (a machine with the full TVM and nvcc) ---------------------------------------------
 
 
-def stage_runtime(out: Path) -> int:
-    """TVM's runtime-only package (tar.xz) and the tvm-ffi wheel for the GPU machine's Python."""
+def stage_tvm_runtime(out: Path) -> Path:
+    """TVM's Python package without its compiler library, C++ headers and sources (tar.xz)."""
     import tvm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -143,10 +155,16 @@ def stage_runtime(out: Path) -> int:
             return None
         return info
 
-    with tarfile.open(out / "tvm_runtime.tar.xz", "w:xz") as tar:
+    tarball = out / "tvm_runtime.tar.xz"
+    with tarfile.open(tarball, "w:xz") as tar:
         tar.add(pkg, arcname="tvm", filter=keep)
+    return tarball
+
+
+def stage_wheels(out: Path) -> Path:
+    """apache-tvm-ffi (compiled) for the GPU machine's Python, from PyPI (this machine's pip)."""
     wheels = out / "wheels"
-    wheels.mkdir(exist_ok=True)
+    wheels.mkdir(parents=True, exist_ok=True)
     if not any(wheels.glob("apache_tvm_ffi-*.whl")):
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
@@ -155,7 +173,7 @@ def stage_runtime(out: Path) -> int:
              "--platform", "manylinux_2_17_x86_64", "-d", str(wheels), FFI_PIN],
             check=True,
         )  # fmt: skip
-    return dir_bytes(out)
+    return wheels
 
 
 def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
@@ -173,12 +191,15 @@ def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
     )  # fmt: skip
     compile_s = time.perf_counter() - t0
     spec = get_model(entry.model_ref, batch=entry.batch)
-    (x,) = seeded_inputs(art.manifest.inputs, 0)
-    with torch.no_grad():
-        ref = spec.module.eval()(torch.from_numpy(x)).numpy()
-    refs = kit / "refs"
-    refs.mkdir(exist_ok=True)
-    np.save(refs / f"{entry.id}.npy", ref)
+    seeds = SEEDS if entry.batch == 1 else SEEDS[:1]
+    refs, shas = {}, {}
+    for seed in seeds:
+        (x,) = seeded_inputs(art.manifest.inputs, seed)
+        with torch.no_grad():
+            refs[f"seed{seed}"] = spec.module.eval()(torch.from_numpy(x)).numpy()
+        shas[str(seed)] = input_checksum(x)
+    (kit / "refs").mkdir(exist_ok=True)
+    np.savez(kit / "refs" / f"{entry.id}.npz", **refs)
     # One copy of each distinct weight file.
     weights = art.path / "weights.safetensors"
     digest = sha256(weights)
@@ -193,11 +214,12 @@ def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
         "id": entry.id,
         "artifact": f"arts/{entry.id}.sepconv",
         "weights": f"weights/{digest}.safetensors",
-        "reference": f"refs/{entry.id}.npy",
-        "input_seed": 0,
-        "input_sha": input_checksum(x),
-        "build": {k: art.manifest.build.get(k) for k in
-                  ("triton_ops", "cuda_graph", "cuda_kernels", "precision")},  # fmt: skip
+        "reference": f"refs/{entry.id}.npz",
+        "input_sha": shas,
+        "build": {
+            k: art.manifest.build.get(k)
+            for k in ("triton_ops", "cuda_graph", "cuda_kernels", "precision")
+        },  # fmt: skip
         "compile_s": round(compile_s, 1),
     }
 
@@ -205,7 +227,9 @@ def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
 def build_kit(part: str, out: Path, cuda_arch: str = "sm_90") -> dict:
     entries = PARTS[part]
     out.mkdir(parents=True, exist_ok=True)
-    runtime_bytes = stage_runtime(out / "runtime")
+    stage_tvm_runtime(out / "runtime")
+    stage_wheels(out / "runtime")
+    runtime_bytes = dir_bytes(out / "runtime")
     index = {"part": part, "cuda_arch": cuda_arch, "built": time.strftime("%Y-%m-%d %H:%M"),
              "entries": []}  # fmt: skip
     for entry in entries:
@@ -267,23 +291,26 @@ class Kit:
     def artifact(self, e: dict) -> Path:
         return self.root / e["artifact"]
 
-    def reference(self, e: dict):
+    def cases(self, e: dict, inputs):
+        """``[(seed, input, reference output)]`` for an entry whose artifact takes ``inputs``
+        (``compiled.inputs``): the seeded inputs the kit's references were
+        computed on. Raises if this machine's generator gives a different input (the comparison
+        would mean nothing)."""
         import numpy as np
 
-        return np.load(self.root / e["reference"])
-
-    def input_for(self, e: dict, compiled):
-        """The seeded input the reference was computed on; raises if this machine's generator
-        gives a different one (the comparison would mean nothing)."""
         from sepconv.compiler.validation import seeded_inputs
 
-        (x,) = seeded_inputs(compiled.inputs, e["input_seed"])
-        if input_checksum(x) != e["input_sha"]:
-            raise RuntimeError(
-                f"{e['id']}: seeded input differs from the one the kit's reference was computed "
-                "on (different torch random generator); rebuild the kit with this torch"
-            )
-        return x
+        refs = np.load(self.root / e["reference"])
+        out = []
+        for seed, sha in sorted(e["input_sha"].items()):
+            (x,) = seeded_inputs(inputs, int(seed))
+            if input_checksum(x) != sha:
+                raise RuntimeError(
+                    f"{e['id']}: seeded input {seed} differs from the one the kit's reference was "
+                    "computed on (another torch random generator); rebuild the kit"
+                )
+            out.append((int(seed), x, refs[f"seed{seed}"]))
+        return out
 
 
 def main(argv=None) -> None:

@@ -208,19 +208,64 @@ def layer_rows(torch, layer: dict, batch: int, dtype: str, bandwidth: float) -> 
 # -- whole models -----------------------------------------------------------------------------
 
 
-def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path) -> dict:
-    import numpy as np
+VARIANTS = (  # label, kit variant, compile options
+    ("sepconv (CUDA graph)", "cuda-graph", {"cuda_graph": True}),
+    ("sepconv (no CUDA graph)", "no-cuda-graph", {"cuda_graph": False}),
+    ("sepconv without Triton (dlight only)", "no-triton", {"sepconv_ops": False}),
+)
 
+
+def _ours(name: str, batch: int, dtype: str, workdir: Path, kit):
+    """(label, artifact path or None, compile seconds or None) per variant: compiled here, or
+    the kit's prebuilt artifacts (a GPU machine without TVM's compiler)."""
     import sepconv
+
+    for i, (label, variant, options) in enumerate(VARIANTS):
+        if kit is not None:
+            entry = kit.find(name, batch=batch, precision=dtype, variant=variant)
+            yield label, (kit.artifact(entry) if entry else None), None
+            continue
+        if variant == "no-triton":
+            options = {**options, "cuda_graph": batch == 1}
+        t0 = time.perf_counter()
+        out = workdir / f"{name}-b{batch}-{dtype}-{i}.sepconv"
+        art = sepconv.compile(name, target="cuda", batch=batch, precision=dtype, force=True,
+                              out=out, **options)  # fmt: skip
+        yield label, art.path, time.perf_counter() - t0
+
+
+def _reference(torch, name: str, batch: int, dtype: str, kit):
+    """The seed-0 input and eager PyTorch fp32's output on the CPU (from the kit when given)."""
     from sepconv.compiler.validation import seeded_inputs
     from sepconv.models import get_model
 
+    if kit is not None:
+        for e in kit.entries:
+            if (e["model"], e["batch"], e["precision"]) == (name, batch, dtype) and not e.get(
+                "resolution"
+            ):
+                import sepconv
+
+                _, x, ref = kit.cases(e, sepconv.load(kit.artifact(e)).inputs)[0]
+                return torch.from_numpy(x), torch.from_numpy(ref)
+        return None, None
     spec = get_model(name, batch=batch)
-    ref_model = spec.module.eval()
     x_cpu = torch.from_numpy(seeded_inputs([_Spec(spec.input_shape)], 0)[0])
     with torch.no_grad():
-        ref = ref_model(x_cpu)  # fp32, CPU: the reference for every variant
+        return x_cpu, spec.module.eval()(x_cpu)
+
+
+def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path, kit=None) -> dict:
+    import numpy as np
+
+    import sepconv
+    from sepconv.models import get_model
+
     row = {"model": name, "batch": batch, "dtype": dtype}
+    x_cpu, ref = _reference(torch, name, batch, dtype, kit)
+    if x_cpu is None:
+        row["error"] = "not in the kit"
+        return row
 
     def record(label, out, fn):
         ok, rel = check(torch.as_tensor(np.asarray(out)).float(), ref, dtype)
@@ -229,20 +274,22 @@ def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path) -> dict:
               flush=True)  # fmt: skip
 
     # ours
-    for i, (label, kw) in enumerate((
-        ("sepconv (CUDA graph)", {"cuda_graph": True}),
-        ("sepconv (no CUDA graph)", {"cuda_graph": False}),
-        ("sepconv without Triton (dlight only)", {"cuda_graph": batch == 1, "sepconv_ops": False}),
-    )):  # fmt: skip
-        out_dir = workdir / f"{name}-b{batch}-{dtype}-{i}.sepconv"
-        t0 = time.perf_counter()
-        art = sepconv.compile(name, target="cuda", batch=batch, out=out_dir,
-                              precision=dtype, force=True, **kw)  # fmt: skip
-        compiled = art.load()
-        out = compiled(x_cpu.numpy())
-        record(label, out, lambda c=compiled: c.time(x_cpu.numpy(), runs=100)["median_ms"])
-        row[label]["compile_s"] = time.perf_counter() - t0
-        row[label]["triton_ops"] = art.manifest.build.get("triton_ops")
+    for label, path, compile_s in _ours(name, batch, dtype, workdir, kit):
+        if path is None:
+            row[label] = {"ok": None, "error": "not in the kit"}
+            continue
+        try:
+            t0 = time.perf_counter()
+            compiled = sepconv.load(path)
+            load_s = time.perf_counter() - t0
+            out = compiled(x_cpu.numpy())
+            record(label, out, lambda c=compiled: c.time(x_cpu.numpy(), runs=100)["median_ms"])
+        except Exception as exc:  # noqa: BLE001 - report the failure, go on with the rest
+            row[label] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            continue
+        row[label]["load_s"] = load_s
+        row[label]["compile_s"] = compile_s
+        row[label]["triton_ops"] = compiled.manifest.build.get("triton_ops")
 
     # torch peers on the GPU
     tdt = torch.float16 if dtype == "fp16" else torch.float32
@@ -270,7 +317,10 @@ def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path) -> dict:
                 record(label, out.float().cpu(), lambda r=run: bench_us(r, rep_ms=300) / 1e3)
         except Exception as exc:  # noqa: BLE001
             row[label] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    ours, peer = row["sepconv (CUDA graph)"].get("ms"), row.get("torch.compile", {}).get("ms")
+    ours = row.get("sepconv (CUDA graph)", {}).get("ms") or row.get(
+        "sepconv (no CUDA graph)", {}
+    ).get("ms")
+    peer = row.get("torch.compile", {}).get("ms")
     row["speedup_vs_torch_compile"] = peer / ours if ours and peer else None
     return row
 
@@ -316,6 +366,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--limit", type=int, default=0, help="only the first N distinct layers")
     ap.add_argument("--out", type=Path, default=RESULTS / "gpu_layers.json")
+    ap.add_argument(
+        "--kit",
+        type=Path,
+        default=None,
+        help="take our artifacts from this kit (benchmarks/gpu_kit.py) instead of "
+        "compiling: a GPU machine with the TVM runtime only",
+    )
+    ap.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="stop starting new rows after this many seconds (results so far kept)",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     torch = _torch()
@@ -332,11 +395,42 @@ def main(argv=None) -> dict:
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "nominal_bandwidth_GBps": nominal / 1e9 if nominal else None,
         "torch": torch.__version__,
+        "triton": _version("triton"),
         "host": platform.node(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "layers": [],
+        "kit": str(args.kit) if args.kit else None,
         "models": [],
+        "layers": [],
+        "skipped": [],
     }
+    t_start = time.monotonic()
+    kit = None
+    if args.kit is not None:
+        from benchmarks.gpu_kit import Kit
+
+        kit = Kit(args.kit)
+
+    def past_deadline() -> bool:
+        return args.deadline_s is not None and time.monotonic() - t_start > args.deadline_s
+
+    def save() -> None:  # after every row: a run cut short keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+    # Whole models first: with prebuilt artifacts they take seconds, layers take minutes.
+    if not args.skip_models:
+        with tempfile.TemporaryDirectory(prefix="sepconv-gpu-bench-") as tmp:
+            for name in models:
+                for batch in batches:
+                    for dtype in dtypes:
+                        if past_deadline():
+                            result["skipped"].append(f"{name} b{batch} {dtype}: deadline")
+                            continue
+                        print(f"\n{name} batch {batch} {dtype}", flush=True)
+                        result["models"].append(
+                            model_rows(torch, name, batch, dtype, Path(tmp), kit)
+                        )
+                        save()
     if not args.skip_layers:
         layers = depthwise_layers(models)
         if args.limit:
@@ -344,19 +438,24 @@ def main(argv=None) -> dict:
         for batch in batches:
             for dtype in dtypes:
                 for layer in layers:
+                    if past_deadline():
+                        result["skipped"].append(f"{layer['id']} b{batch} {dtype}: deadline")
+                        continue
                     result["layers"] += layer_rows(torch, layer, batch, dtype, bandwidth)
+                    save()
         print_layers(result["layers"])
-    if not args.skip_models:
-        with tempfile.TemporaryDirectory(prefix="sepconv-gpu-bench-") as tmp:
-            for name in models:
-                for batch in batches:
-                    for dtype in dtypes:
-                        print(f"\n{name} batch {batch} {dtype}", flush=True)
-                        result["models"].append(model_rows(torch, name, batch, dtype, Path(tmp)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save()
     print(f"\nwrote {args.out}")
     return result
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ What this adds to TVM's ``JSONDatabase``:
   memory only, so a flaky device does not poison the log.
 * **Several logs at once.** The shipped log and user logs are merged on read (workloads deduped by
   structural hash).
+* **Half the size.** TVM serializes a workload as indented JSON inside base64; ours is written
+  without the indentation (:func:`compact_workload`; TVM reads both), and
+  :meth:`TuneLog.compact` rewrites an existing log's workload file in place.
 
 Records are keyed by the *fused* PrimFunc exactly as :func:`sepconv.compiler.build.lower`
 produces it (MetaSchedule's normalisation: ``global_symbol="main"``, ``tirx.noalias``), so a
@@ -28,6 +31,7 @@ record made for one model serves any model with a structurally equal layer.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import fcntl
@@ -36,6 +40,7 @@ import logging
 import os
 import platform
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +145,21 @@ def _is_record_line(obj) -> str | None:
     ):
         return "record run times are not numbers"
     return None
+
+
+def compact_workload(workload_json: list) -> list:
+    """``[hash, base64(uint64 length + indented JSON)]`` → the same module without the JSON's
+    whitespace (TVM's loader reads both). Anything not in that form is returned unchanged."""
+    try:
+        shash, blob = workload_json
+        raw = base64.b64decode(blob, validate=True)
+        (length,) = struct.unpack("<Q", raw[:8])
+        if length != len(raw) - 8:
+            return workload_json
+        body = json.dumps(json.loads(raw[8:]), separators=(",", ":")).encode()
+    except (ValueError, TypeError, struct.error):
+        return workload_json
+    return [shash, base64.b64encode(struct.pack("<Q", len(body)) + body).decode("ascii")]
 
 
 class TuneLog:
@@ -264,10 +284,29 @@ class TuneLog:
             self._sync_index()
             index = self._index.get(shash)
             if index is None:
-                self._append_line(self.workload_file, json.dumps(workload_json))
+                self._append_line(self.workload_file, json.dumps(compact_workload(workload_json)))
                 self._sync_index()
                 index = self._index[shash]
             self._append_line(self.record_file, json.dumps([index, record_json]))
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the workload file with :func:`compact_workload` (same lines, same order, so
+        every record still names its workload), atomically under the lock; (bytes before,
+        after). Lines that do not parse are kept as they are."""
+        with self.lock():
+            before = self.workload_file.read_bytes()
+            out = []
+            for line in before.decode().splitlines():
+                try:
+                    out.append(json.dumps(compact_workload(json.loads(line))) if line else line)
+                except ValueError:
+                    out.append(line)
+            after = ("\n".join(out) + "\n").encode()
+            tmp = self.workload_file.with_suffix(".json.tmp")
+            tmp.write_bytes(after)
+            os.replace(tmp, self.workload_file)
+            self._index, self._lines, self._offset = {}, 0, 0
+        return len(before), len(after)
 
     def count_records(self) -> dict[str, int]:
         """Valid records per workload hash (for resuming: what is already measured)."""

@@ -10,9 +10,11 @@ Binaries travel instead, as the "source" of such a module:
 
     // sepconv-embedded-cuda-binary v1          ← first line: this format
     // name sepconv_dw_…  arch sm_90
-    /* cubin <base64> */  /* ptx <base64> */    ← Triton kernels: its cubin and PTX
-    /* fatbin <base64> */ /* source <base64> */ ← TVM's kernels: nvcc's fatbin (SASS + PTX)
-                                                   and the CUDA C++ it came from
+    /* cubin.z <base64> */  /* ptx.z <base64> */    ← Triton kernels: its cubin and PTX
+    /* fatbin.z <base64> */ /* source.z <base64> */ ← TVM's kernels: nvcc's fatbin (SASS + PTX)
+                                                       and the CUDA C++ it came from
+
+(``.z``: zlib-compressed before base64 — PTX and C++ shrink ~10×; plain blobs still decode.)
 
 Comments only, so the text is still valid CUDA C++. Two hooks use it:
 
@@ -34,6 +36,7 @@ import contextlib
 import logging
 import re
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 
 from sepconv.errors import DeviceError
@@ -67,7 +70,8 @@ def encode(
         if value is None:
             continue
         raw = value.encode("utf-8") if kind in _TEXT_BLOBS else bytes(value)
-        parts.append(f"/* {kind} " + base64.b64encode(raw).decode("ascii") + " */")
+        packed = base64.b64encode(zlib.compress(raw, 9)).decode("ascii")
+        parts.append(f"/* {kind}.z {packed} */")
     return "\n".join(parts) + "\n"
 
 
@@ -77,10 +81,15 @@ def decode(code: str) -> dict | None:
     if not code.startswith(MARKER):
         return None
     head = re.search(r"^// name (\S+) arch (\S+)$", code, re.MULTILINE)
-    found = dict(re.findall(r"/\* (cubin|ptx|fatbin|source) ([A-Za-z0-9+/=]+) \*/", code))
+    found = {
+        kind: zlib.decompress(base64.b64decode(blob)) if z else base64.b64decode(blob)
+        for kind, z, blob in re.findall(
+            r"/\* (cubin|ptx|fatbin|source)(\.z)? ([A-Za-z0-9+/=]+) \*/", code
+        )
+    }
     decoded = {"name": head.group(1) if head else "?", "arch": head.group(2) if head else "?"}
     for kind in _BLOBS:
-        raw = base64.b64decode(found[kind]) if kind in found else None
+        raw = found.get(kind)
         decoded[kind] = raw.decode("utf-8") if raw is not None and kind in _TEXT_BLOBS else raw
     return decoded
 

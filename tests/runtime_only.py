@@ -25,9 +25,14 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
-def run_runtime_only(script: str, tmp_path: Path, driver_stub: Path | None = None) -> dict:
-    """Run ``script`` (which prints one JSON object as its last line) runtime-only; its result."""
+def run_runtime_only(
+    script: str, tmp_path: Path, driver_stub: Path | None = None, site: Path | None = None
+) -> dict:
+    """Run ``script`` (which prints one JSON object as its last line) runtime-only; its result.
+    ``site``: a directory searched before the installed packages (a staged TVM runtime)."""
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", PATH="/usr/bin:/bin")
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     env.pop("TVM_CUDA_COMPILE_MODE", None)
     if driver_stub is not None:
         env["LD_LIBRARY_PATH"] = str(driver_stub.parent)

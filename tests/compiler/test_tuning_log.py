@@ -75,6 +75,38 @@ def test_records_are_written_as_committed_in_tvm_format(tmp_path):
     assert [float(s) for s in best.run_secs] == pytest.approx([2e-6])
 
 
+def test_workloads_are_written_without_tvms_indentation(tmp_path):
+    """Same module, about half the bytes of TVM's own serialization; TVM reads both."""
+    from tvm.s_tir.meta_schedule.database import Workload
+
+    mod = workload(8)
+    tvm_json = Workload(mod).as_json()
+    compact = tuning_db.compact_workload(tvm_json)
+    assert compact[0] == tvm_json[0] and len(compact[1]) < 0.7 * len(tvm_json[1])
+    tvm.ir.assert_structural_equal(Workload.from_json(compact).mod, mod)
+    write_log(tmp_path, [(mod, 4, 3e-6)])
+    assert json.loads(lines(tmp_path / WORKLOAD_FILE)[0]) == compact
+    assert tuning_db.compact_workload(["1", "not base64!"]) == ["1", "not base64!"]
+
+
+def test_compacting_an_old_log_keeps_every_record(tmp_path):
+    from tvm.s_tir.meta_schedule.database import Workload
+
+    w8, w16 = workload(8), workload(16)
+    write_log(tmp_path, [(w8, 4, 3e-6), (w16, 4, 5e-6), (w8, 8, 2e-6)])
+    wl_file = tmp_path / WORKLOAD_FILE  # as TVM (and our older logs) wrote it: indented
+    wl_file.write_text(
+        "".join(json.dumps(Workload(m).as_json()) + "\n" for m in (w8, w16)) + "damaged line\n"
+    )
+    before, after = TuneLog(tmp_path).compact()
+    assert after < 0.7 * before
+    assert lines(wl_file)[-1] == "damaged line"  # kept as it was, still reported on reading
+    db = open_database([tmp_path], warn=False)
+    assert (db.report.workloads, db.report.records) == (2, 3)
+    best = db.query_tuning_record(w8, TARGET, "main")
+    assert [float(s) for s in best.run_secs] == pytest.approx([2e-6])
+
+
 def test_failed_measurements_are_not_written(tmp_path):
     db = write_log(tmp_path, [(workload(8), 4, 1e10), (workload(8), 8, 2e-6)])
     assert db.appended == 1

@@ -32,12 +32,27 @@ def _has_cuda_gpu() -> bool:
     try:
         import tvm
 
+        from sepconv.compiler.runtime import _load_cuda_runtime
+
+        _load_cuda_runtime()  # the runtime-only TVM does not load it by itself
         return bool(tvm.cuda(0).exist)
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return False
 
 
+def _can_compile() -> bool:
+    """Whether TVM's compiler is here (a GPU machine may have only its runtime and a kit)."""
+    import tvm
+
+    return not tvm.base._RUNTIME_ONLY
+
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _has_cuda_gpu(), reason="no CUDA GPU")]
+needs_compiler = pytest.mark.skipif(
+    not _can_compile(),
+    reason="TVM's compiler is not installed here (runtime only): the kit's prebuilt artifacts "
+    "are tested instead (SEPCONV_GPU_KIT, benchmarks/gpu_kit.py)",
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FP16_REL, FP16_ABS = 3e-2, 1e-3
@@ -123,6 +138,7 @@ def test_se_kernel_on_gpu():
 # -- whole models through the compiled module ----------------------------------------------
 
 
+@needs_compiler
 @pytest.mark.parametrize("name", _zoo_names())
 def test_zoo_model_validates_on_cuda_fp32(name, tmp_path):
     import sepconv
@@ -133,6 +149,7 @@ def test_zoo_model_validates_on_cuda_fp32(name, tmp_path):
     assert art.manifest.build["triton_ops"]["kernels"] > 0 or name == "shufflenet_v2"
 
 
+@needs_compiler
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"])
 def test_zoo_model_fp16(name, tmp_path):
     import sepconv
@@ -155,6 +172,7 @@ def test_zoo_model_fp16(name, tmp_path):
     assert agree >= 2
 
 
+@needs_compiler
 def test_batch_32_without_cuda_graph(tmp_path):
     import sepconv
 
@@ -163,6 +181,7 @@ def test_batch_32_without_cuda_graph(tmp_path):
     assert sepconv.validate(art.path, num_inputs=1).passed
 
 
+@needs_compiler
 def test_cuda_graph_on_and_off_agree(tmp_path):
     import sepconv
     from sepconv.compiler.validation import seeded_inputs
@@ -177,6 +196,7 @@ def test_cuda_graph_on_and_off_agree(tmp_path):
         np.testing.assert_allclose(m_on(x), m_off(x), rtol=0, atol=1e-5)
 
 
+@needs_compiler
 def test_cross_compiled_artifact_runs(tmp_path):
     """Built as on a machine without a GPU (TVM's fallback CUDA modules: kernels as CUDA source,
     Triton kernels as embedded binaries), loaded and run here: the load-time compile hook."""
@@ -190,3 +210,45 @@ def test_cross_compiled_artifact_runs(tmp_path):
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=900)
     assert sepconv.validate(out).passed
+
+
+# -- prebuilt artifacts from a kit (a GPU machine with the TVM runtime only) ----------------
+
+
+def _kit():
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu_kit import Kit
+
+    return Kit.from_env()
+
+
+def _kit_entries() -> list:
+    kit = _kit() if os.environ.get("SEPCONV_GPU_KIT") else None
+    if kit is None:
+        return [pytest.param(None, marks=pytest.mark.skip(reason="no kit (SEPCONV_GPU_KIT)"))]
+    return [pytest.param(e, id=e["id"]) for e in kit.entries]
+
+
+@pytest.mark.parametrize("entry", _kit_entries())
+def test_prebuilt_artifact_validates(entry):
+    """Each artifact of the kit (cross-compiled on a machine without a GPU, its kernels carried
+    as binaries) loads with the TVM runtime alone and matches eager PyTorch fp32 on the kit's
+    seeded inputs: the fp32 rule, or for fp16 the fp16 rule and top-1 agreement on ≥ 2 of 3."""
+    import sepconv
+
+    kit = _kit()
+    compiled = sepconv.load(kit.artifact(entry))
+    fp16 = entry["precision"] == "fp16"
+    rel, abs_ = (FP16_REL, FP16_ABS) if fp16 else (1e-4, 1e-5)
+    agree, cases = 0, kit.cases(entry, compiled.inputs)
+    for seed, x, ref in cases:
+        for _ in range(2 if entry["variant"] == "cuda-graph" else 1):  # capture, then replay
+            got = compiled(x)
+        err = float(np.abs(got - ref).max())
+        tol = rel * float(np.abs(ref).max()) + abs_
+        assert err <= tol, f"{entry['id']} seed {seed}: max abs error {err:.3g} > {tol:.3g}"
+        agree += int(np.array_equal(np.argmax(got, axis=-1), np.argmax(ref, axis=-1)))
+    if fp16:
+        assert agree >= min(2, len(cases))

@@ -61,7 +61,7 @@ def _embedded(artifact) -> list[dict]:
     from sepconv.targets import cuda_embed
 
     text = (artifact / "model.so").read_bytes().decode("latin-1")
-    pattern = re.escape(cuda_embed.MARKER) + r"\n// name .*\n(?:/\* \w+ [A-Za-z0-9+/=]+ \*/\n)+"
+    pattern = re.escape(cuda_embed.MARKER) + r"\n// name .*\n(?:/\* [\w.]+ [A-Za-z0-9+/=]+ \*/\n)+"
     return [cuda_embed.decode(code) for code in re.findall(pattern, text)]
 
 

@@ -37,6 +37,21 @@ def test_encode_decode_round_trip():
     }
 
 
+def test_blobs_are_compressed_and_plain_ones_still_decode():
+    import base64
+
+    code = cuda_embed.encode("main_kernel", "sm_90", fatbin=FATBIN, source=SOURCE * 200)
+    assert len(code) < len(SOURCE * 200) / 4  # C++ and PTX compress well
+    plain = "\n".join(
+        [
+            cuda_embed.MARKER,
+            "// name k arch sm_90",
+            f"/* cubin {base64.b64encode(CUBIN).decode()} */",
+        ]
+    )
+    assert cuda_embed.decode(plain)["cubin"] == CUBIN
+
+
 def test_encoded_source_is_comments_only():
     """nvcc (the export check) sees an empty translation unit."""
     code = cuda_embed.encode("k", "sm_90", CUBIN, PTX)
