@@ -29,8 +29,12 @@ def run_runtime_only(
     script: str, tmp_path: Path, driver_stub: Path | None = None, site: Path | None = None
 ) -> dict:
     """Run ``script`` (which prints one JSON object as its last line) runtime-only; its result.
-    ``site``: a directory searched before the installed packages (a staged TVM runtime)."""
-    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", PATH="/usr/bin:/bin")
+    ``site``: a directory searched before the installed packages, holding a TVM without its
+    compiler library (then TVM falls back to its runtime by itself: the variable is not set)."""
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    env.pop("TVM_USE_RUNTIME_LIB", None)
+    if site is None:
+        env["TVM_USE_RUNTIME_LIB"] = "1"
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     env.pop("TVM_CUDA_COMPILE_MODE", None)
