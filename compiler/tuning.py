@@ -266,9 +266,11 @@ def rule_spaces(func, target, rules=None, max_spaces: int = MAX_RULE_SPACES) -> 
     """
     import tvm_ffi
 
-    from sepconv.schedules import cpu_rules
+    from sepconv.schedules import cpu_rules, gpu_rules
 
-    for rule in rules if rules is not None else cpu_rules(target):
+    if rules is None:  # TVM's dlight rules on CUDA sample nothing: their schedule seeds the search
+        rules = gpu_rules(target) if target.kind.name == "cuda" else cpu_rules(target)
+    for rule in rules:
         try:
             first, seen = _run_rule(rule, func, target, [])
         except Exception as exc:  # noqa: BLE001 - as schedule_function: next rule
@@ -901,6 +903,7 @@ def tune(
     weights: str | os.PathLike | None = None,
     seed: int = 0,
     mcpu: str | None = None,
+    cuda_arch: str | None = None,
     sepconv_ops: bool = True,
     max_trials_per_task: int | None = None,
     trials_per_iter: int | None = None,
@@ -921,8 +924,13 @@ def tune(
     only the tasks whose name matches. ``space="default"`` tunes every task in MetaSchedule's
     own design space instead of our rules' (stock MetaSchedule, for comparison).
 
-    Raises :class:`DeviceError` when the device cannot be reached, or stops answering during the
-    run (the records measured until then are kept).
+    CUDA (``target="cuda"``, ``cuda_arch`` or the GPU's): the tasks are what TVM schedules (the
+    Triton kernels are not tuned here: their configurations are Triton's autotuning), searched in
+    MetaSchedule's CUDA space seeded with dlight's schedule; candidates are measured on the GPU
+    of ``device`` — this machine's, or a served one's — and the log key is ``cuda-smXX``.
+
+    Raises :class:`DeviceError` when the device cannot be reached, has no GPU for a cuda target,
+    or stops answering during the run (the records measured until then are kept).
     """
     import re
 
@@ -940,13 +948,10 @@ def tune(
     if space not in ("rules", "default"):
         raise TuningError(f"space must be 'rules' or 'default', got {space!r}")
     dev = parse_device(device)
-    tspec = resolve_target(target, mcpu=mcpu)
-    if tspec.family == "cuda":
-        raise TuningError(
-            "tuning for cuda is not supported yet (its kernels come from Triton and TVM's GPU "
-            "rules); tune a CPU target"
-        )
-    if not tspec.is_host and dev.is_local:
+    tspec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
+    if tspec.family == "cuda" and dev.is_local:
+        _require_local_gpu(tspec)
+    elif not tspec.is_host and dev.is_local:
         raise TuningError(
             f"{tspec.triple} code ({tspec.key}) cannot run on this machine: pass a device that "
             "runs it, e.g. --device rpc://BOARD:9090 or tracker://HOST:9190/KEY (see sepconv "
@@ -960,7 +965,13 @@ def tune(
     tuning_db.require_writable(log_dir)
     if not dev.is_local:
         on_stage(f"check device {dev}")
-        check_device(dev)
+        info = check_device(dev)
+        if tspec.family == "cuda" and not info.get("cuda_exists"):
+            raise DeviceError(
+                f"device {dev} has no CUDA GPU (its TVM runtime sees none): tuning for cuda "
+                "measures on the GPU — serve from a machine with an NVIDIA GPU and a TVM built "
+                "with CUDA"
+            )
 
     on_stage("export")
     entries = _resolve_models(model, example_input, batch, weights, seed)
@@ -1019,6 +1030,26 @@ def tune(
             "device and rerun the same command to continue"
         )
     return report
+
+
+def _require_local_gpu(tspec) -> None:
+    """Tuning for cuda on this machine measures on its GPU: one that runs ``tspec``'s code."""
+    from sepconv.targets import gpu_compute_capability
+
+    local = gpu_compute_capability()
+    if local is None:
+        raise DeviceError(
+            "tuning for cuda measures every candidate on the GPU, and this machine has none: run "
+            "`sepconv tune … --target cuda` on the GPU machine, or serve its GPU (sepconv device "
+            "serve there) and pass --device rpc://GPU-HOST:9090"
+        )
+    arch = "sm_" + str(local).replace(".", "")
+    built = str(tspec.target.attrs.get("arch", ""))
+    if built.rstrip("a") != arch:
+        raise TuningError(
+            f"this machine's GPU is {arch} but the target is {built}: tune with "
+            f"--cuda-arch {arch} (records are kept per architecture, cuda-{arch.replace('_', '')})"
+        )
 
 
 def _search(

@@ -455,6 +455,27 @@ def _load_into(
                 report.records += 1
 
 
+def record_json(record) -> list:
+    """TVM's JSON form of a tuning record. TVM's Python conversion (``TuningRecord.as_json``)
+    raises on traces whose instructions carry an ``IndexMap`` (MetaSchedule's CUDA candidates:
+    ``transform_layout`` on tensor-core tiles); TVM's C++ ``JSONDatabase`` writes them, so such a
+    record goes through a scratch one and its line is read back."""
+    try:
+        return record.as_json()
+    except TypeError:
+        pass
+    ms = _ms()
+    with tempfile.TemporaryDirectory(prefix="sepconv-record-") as tmp:
+        scratch = ms.database.JSONDatabase(
+            path_workload=os.path.join(tmp, WORKLOAD_FILE),
+            path_tuning_record=os.path.join(tmp, RECORD_FILE),
+        )
+        scratch.commit_workload(record.workload.mod)
+        scratch.commit_tuning_record(record)
+        with open(os.path.join(tmp, RECORD_FILE)) as f:
+            return json.loads(f.readline())[1]
+
+
 def _make_database_class():
     """The PyDatabase subclass, created on first use so that importing this module is cheap."""
     from tvm.ir.utils import derived_object
@@ -488,7 +509,7 @@ def _make_database_class():
             secs = [float(s) for s in record.run_secs] if record.run_secs is not None else []
             if not secs or max(secs) >= FAILED_RUN_SECS:
                 return
-            self.writer.append(record.workload.as_json(), record.as_json())
+            self.writer.append(record.workload.as_json(), record_json(record))
             self.appended += 1
 
         def get_top_k(self, workload, top_k):

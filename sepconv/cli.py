@@ -200,6 +200,7 @@ def cmd_tune(args) -> int:
         tune_log=args.tune_log,
         batch=args.batch,
         mcpu=args.mcpu,
+        cuda_arch=args.cuda_arch,
         sepconv_ops=not args.no_sepconv_ops,
         max_trials_per_task=args.max_trials_per_task,
         trials_per_iter=args.trials_per_iter,
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
     t.add_argument("--mcpu", help="LLVM CPU name to tune for instead of the detected one")
+    t.add_argument("--cuda-arch", help="CUDA arch for --target cuda (default: the GPU's)")
     t.add_argument(
         "--sepconv-ops",
         dest="no_sepconv_ops",

@@ -289,13 +289,18 @@ def session(device: Device | str, timeout: float = CONNECT_TIMEOUT_S) -> Iterato
 
 
 def check_device(device: Device | str, timeout: float = CONNECT_TIMEOUT_S) -> dict:
-    """Connect once and describe the device: ``{"device", "cpu_exists", "servers"...}``."""
+    """Connect once and describe the device: ``{"device", "cpu_exists", "cuda_exists",
+    "servers"...}``."""
     device = parse_device(device)
     info: dict = {"device": str(device)}
     if device.kind == "tracker":
         info["servers"] = _tracker_keys(tracker_summary(device, timeout)).get(device.key, 0)
     with session(device, timeout) as sess:
         info["cpu_exists"] = bool(sess.cpu(0).exist)
+        try:
+            info["cuda_exists"] = bool(sess.cuda(0).exist)
+        except Exception:  # noqa: BLE001 - a runtime built without CUDA
+            info["cuda_exists"] = False
     return info
 
 
