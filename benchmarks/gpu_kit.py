@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20  # the device tool's cap on the tree that travels
 INDEX = "index.json"
 SEEDS = (0, 1, 2)  # seeded inputs with a reference each (batch 32: the first only)
-DEVICE_PYTHON = "3.12"  # the GPU machine's python3 (device tool's KINDS.md)
+# The GPU machine's python3 is 3.12 (device tool's KINDS.md); 3.11 is this machine's, for a dry
+# run of the device script here.
+DEVICE_PYTHONS = ("3.12", "3.11")
 FFI_PIN = "apache-tvm-ffi==0.1.14.post1"
 RUNTIME_LIBS = ("libtvm_runtime.so", "libtvm_runtime_cuda.so", "libtvm_runtime_extra.so")
 # Parts of TVM's Python package a runtime-only import never reaches (C++ headers, sources).
@@ -157,13 +159,16 @@ def stage_tvm_runtime(out: Path) -> Path:
 
 
 def stage_wheels(out: Path) -> Path:
-    """apache-tvm-ffi (compiled) for the GPU machine's Python, from PyPI (this machine's pip)."""
+    """apache-tvm-ffi (compiled) for the GPU machine's Python (and this one's), from PyPI."""
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    if not any(wheels.glob("apache_tvm_ffi-*.whl")):
+    for py in DEVICE_PYTHONS:
+        tag = "cp" + py.replace(".", "")
+        if any(wheels.glob(f"apache_tvm_ffi-*-{tag}-*.whl")):
+            continue
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--python-version", DEVICE_PYTHON, "--implementation", "cp",
+             "--python-version", py, "--implementation", "cp",
              "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
              "--platform", "manylinux_2_17_x86_64", "-d", str(wheels), FFI_PIN],
             check=True,

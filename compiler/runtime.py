@@ -38,29 +38,64 @@ def _tvm_device(kind: str):
     raise DeviceError(f"unknown device {kind!r}; use 'cpu' or 'cuda'")
 
 
-def _load_cuda_runtime() -> None:
+def _load_cuda_runtime() -> str | None:
     """The full TVM loads its CUDA runtime (``libtvm_runtime_cuda.so``: device API, module
     loader, CUDA-graph builtins) when it is imported; the runtime-only TVM
     (``TVM_USE_RUNTIME_LIB=1``, or no compiler library installed) does not, so load it here.
-    It links the NVIDIA driver: where that is missing the load fails and the device check that
-    follows says there is no GPU."""
+    It links the NVIDIA driver and ``libcudart.so.13``; where the CUDA runtime is installed but
+    not on the loader's path (pip's nvidia packages, /usr/local/cuda) it is preloaded from there.
+    Returns why it does not load (None when it does): without a driver the device check that
+    follows then says there is no GPU."""
     import tvm_ffi
 
     if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
-        return
+        return None
     from tvm.base import _LOADED_LIBS
     from tvm_ffi.libinfo import load_lib_ctypes
 
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-    try:
+
+    def load():
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
-            package="tvm",
-            target_name="tvm_runtime_cuda",
-            mode="RTLD_LOCAL",
+            package="tvm", target_name="tvm_runtime_cuda", mode="RTLD_LOCAL",
             extra_lib_paths=[runtime_dir],
-        )
+        )  # fmt: skip
+
+    try:
+        load()
+        return None
     except (OSError, RuntimeError) as exc:
-        log.debug("TVM's CUDA runtime does not load here: %s", exc)
+        error = str(exc)
+    if "libcudart" in error and _preload_cudart():
+        try:
+            load()
+            return None
+        except (OSError, RuntimeError) as exc:
+            error = str(exc)
+    log.debug("TVM's CUDA runtime does not load here: %s", error)
+    return error
+
+
+def _preload_cudart() -> bool:
+    """Load ``libcudart.so.13`` globally from where CUDA installs put it; True if one loaded."""
+    import ctypes
+    import glob
+    import sys
+
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    candidates = [f"{r}/{sub}/libcudart.so.13" for r in roots if r
+                  for sub in ("lib64", "lib", "targets/x86_64-linux/lib")]  # fmt: skip
+    for site in sys.path:  # pip's nvidia-cuda-runtime (CUDA builds of PyTorch)
+        candidates += glob.glob(f"{site}/nvidia/cu13/lib/libcudart.so.13")
+        candidates += glob.glob(f"{site}/nvidia/cuda_runtime/lib/libcudart.so.13")
+    for path in candidates:
+        if os.path.isfile(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                continue
+    return False
 
 
 def _prepare_cuda_load(manifest: Manifest) -> None:
