@@ -107,14 +107,6 @@ PARTS: dict[str, list[Entry]] = {
 }
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def input_checksum(x) -> str:
     import numpy as np
 
@@ -181,6 +173,7 @@ def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
     import torch
 
     import sepconv
+    from sepconv.compiler.artifact import sha256_file
     from sepconv.compiler.validation import seeded_inputs
     from sepconv.models import get_model
 
@@ -202,7 +195,7 @@ def build_entry(entry: Entry, kit: Path, cuda_arch: str) -> dict:
     np.savez(kit / "refs" / f"{entry.id}.npz", **refs)
     # One copy of each distinct weight file.
     weights = art.path / "weights.safetensors"
-    digest = sha256(weights)
+    digest = sha256_file(weights)
     pool = kit / "weights"
     pool.mkdir(exist_ok=True)
     if not (pool / f"{digest}.safetensors").exists():
