@@ -267,8 +267,9 @@ def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path, kit=None
         row["error"] = "not in the kit"
         return row
 
-    def record(label, out, fn):
-        ok, rel = check(torch.as_tensor(np.asarray(out)).float(), ref, dtype)
+    def record(label, out, fn, against=None):
+        against = ref if against is None else against
+        ok, rel = check(torch.as_tensor(np.asarray(out)).float(), against, dtype)
         row[label] = {"ok": ok, "rel_err": rel, "ms": fn() if ok else None}
         print(f"    {label:<34} {'ok ' if ok else 'BAD'} {row[label]['ms'] or 0:8.3f} ms",
               flush=True)  # fmt: skip
@@ -291,9 +292,14 @@ def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path, kit=None
         row[label]["compile_s"] = compile_s
         row[label]["triton_ops"] = compiled.manifest.build.get("triton_ops")
 
-    # torch peers on the GPU
+    # torch peers on the GPU, checked against eager fp32 on the CPU of the same module (with a
+    # kit, this machine's torch built it: its seeded weights may differ from the kit's torch)
     tdt = torch.float16 if dtype == "fp16" else torch.float32
-    model = get_model(name, batch=batch).module.eval().to("cuda", tdt)
+    model = get_model(name, batch=batch).module.eval()
+    with torch.no_grad():
+        peer_ref = model(x_cpu)
+    row["peer_weights_match_kit"] = bool(torch.allclose(peer_ref, ref, rtol=1e-4, atol=1e-5))
+    model = model.to("cuda", tdt)
     x = x_cpu.to("cuda", tdt)
     peers = {"torch eager": model}
     try:
@@ -314,7 +320,8 @@ def model_rows(torch, name: str, batch: int, dtype: str, workdir: Path, kit=None
                     with torch.no_grad():
                         f(x)
 
-                record(label, out.float().cpu(), lambda r=run: bench_us(r, rep_ms=300) / 1e3)
+                record(label, out.float().cpu(), lambda r=run: bench_us(r, rep_ms=300) / 1e3,
+                       against=peer_ref)  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             row[label] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     ours = row.get("sepconv (CUDA graph)", {}).get("ms") or row.get(
