@@ -6,18 +6,18 @@ TVM and no network, and what travels to them is capped at 64 MiB — the full TV
 compiled into it, README "Cross-compiled, one library"). So the ``gpu`` test tier and the GPU
 benchmark take their artifacts from a *kit* built on a machine with the full TVM and nvcc:
 
-    python benchmarks/gpu_kit.py build --part core -o .gpukit/core     # here, ~3 min
+    python benchmarks/gpu_kit.py build --part core -o .gpukit/core     # here, ~4 min
     # on the GPU machine (the kit and the repository travel together):
     bash benchmarks/gpu_device_run.sh .gpukit/core                      # → $OUT
 
 A kit holds, per entry (model, batch, precision, variant): the artifact compiled for
-``--cuda-arch`` (sm_90 by default), the eager-PyTorch reference output for the seeded input
-(``sepconv.compiler.validation.seeded_inputs``, seed 0; computed here on the CPU in fp32, so TF32
-never enters it) and a checksum of that input, so the GPU machine checks it generated the same
-input. Weight files shared by several entries (CUDA graph on/off, batch 1/32) are stored once.
-``runtime/`` holds TVM's runtime-only package (no ``libtvm_compiler.so``) and the wheels of
-apache-tvm-ffi for the GPU machine's Python. ``build`` refuses a kit that would push the carried
-tree over the limit and names the parts that fit.
+``--cuda-arch`` (sm_90 by default), and eager PyTorch's fp32 output on the CPU (so TF32 never
+enters it) for each of the seeded inputs ``sepconv.compiler.validation.seeded_inputs`` gives for
+seeds 0, 1, 2 (batch 32: 0), with a checksum of each input, so the GPU machine checks it
+regenerated the same inputs. Weight files shared by several entries (CUDA graph on/off, batch
+1/32) are stored once. ``runtime/`` holds TVM's runtime-only package (no ``libtvm_compiler.so``)
+and the apache-tvm-ffi wheels for the GPU machine's Python. ``build`` refuses a part that would
+push the carried tree over the limit.
 """
 
 from __future__ import annotations
