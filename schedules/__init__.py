@@ -37,165 +37,23 @@ the function), and the result is verified — every PrimFunc must carry ``tirx.i
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
+import importlib
+import importlib.util
 
-from tvm import s_tir, tirx
-from tvm.ir import IRModule
-from tvm.target import Target
-
-from sepconv.errors import CompileError
-
-from .base import CpuRule
-from .conv2d import Conv2D
-from .dense import Dense
-from .depthwise_conv import DepthwiseConv2D
-from .fallback import Fallback
-from .fused_dw_pw import FusedDepthwisePointwise
-from .gpu import gpu_rules
-from .injective import Injective
-from .reduction import Reduction
-from .sepconv_conv import SepconvConv
-from .sepconv_dw import SepconvDepthwise
-from .sepconv_pw import SepconvPointwise
-from .target_params import CpuParams, cpu_params
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "Conv2D",
-    "CpuParams",
-    "CpuRule",
-    "Dense",
-    "DepthwiseConv2D",
-    "Fallback",
-    "Injective",
-    "FusedDepthwisePointwise",
-    "Reduction",
-    "SepconvConv",
-    "SepconvDepthwise",
-    "SepconvPointwise",
-    "apply_schedules",
-    "cpu_params",
-    "cpu_rules",
-    "gpu_rules",
-    "is_scheduled",
-    "schedule_function",
-    "unscheduled_functions",
-]
-
-SCHEDULED_ATTR = "tirx.is_scheduled"
+# The rule lists import TVM's scheduling machinery (its compiler library); the Triton kernel
+# modules beside them need only Triton and must import where TVM has only its runtime. So the
+# package's names are resolved on first use (PEP 562).
+_RULE_LIST = "sepconv.schedules.rule_list"  # its __all__ lists the names
 
 
-def cpu_rules(target: Target | None = None) -> list:
-    """The ordered CPU rule list; the first rule that accepts a function wins, fallback last.
-
-    ``target`` is accepted for symmetry with other target families (every rule reads what it
-    needs from the target it is applied with).
-    """
-    del target
-    return [
-        FusedDepthwisePointwise(),
-        SepconvDepthwise(),
-        SepconvPointwise(),
-        SepconvConv(),
-        DepthwiseConv2D(),
-        Conv2D(),
-        Dense(),
-        Reduction(),
-        Injective(),
-        Fallback(),
-    ]
-
-
-def is_scheduled(func) -> bool:
-    return (
-        isinstance(func, tirx.PrimFunc)
-        and func.attrs is not None
-        and SCHEDULED_ATTR in func.attrs
-        and bool(func.attrs[SCHEDULED_ATTR])
-    )
-
-
-def unscheduled_functions(mod: IRModule) -> list[str]:
-    """Names of the PrimFuncs in ``mod`` that no rule has scheduled."""
-    return sorted(
-        gv.name_hint
-        for gv, func in mod.functions_items()
-        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func)
-    )
-
-
-def _rule_name(rule) -> str:
-    return getattr(rule, "name", None) or type(rule).__name__
-
-
-def schedule_function(
-    func: tirx.PrimFunc, target: Target, rules: list, name: str = "<func>", tunable: bool = False
-) -> tuple[s_tir.Schedule | None, str | None]:
-    """Apply the first rule that accepts ``func``: ``(schedule, rule name)`` or ``(None, None)``.
-
-    A rule that raises is logged (warning, with rule and function names) and skipped.
-    """
-    for rule in rules:
-        try:
-            space = rule.apply(func, target, tunable)
-        except Exception as exc:  # noqa: BLE001 - one broken rule must not kill the build
-            first = str(exc).strip().splitlines()
-            log.warning(
-                "schedule rule %s raised on %s (%s: %s); trying the next rule",
-                _rule_name(rule),
-                name,
-                type(exc).__name__,
-                first[-1][:200] if first else "",
-            )
-            continue
-        if space is None:
-            continue
-        if isinstance(space, (list, tuple)):
-            if not space:
-                continue
-            space = space[0]
-        return space, _rule_name(rule)
-    return None, None
-
-
-def apply_schedules(
-    mod: IRModule,
-    target: Target,
-    rules: list | None = None,
-    report: dict[str, str] | None = None,
-) -> IRModule:
-    """Schedule every PrimFunc of ``mod`` for ``target``; raise CompileError if any is left.
-
-    Functions already marked ``tirx.is_scheduled`` (tuned records, hand-written kernels) are
-    kept as they are. The input module is not modified. When ``report`` is a dict it is filled
-    with ``{function name: rule name}`` for the functions scheduled here.
-    """
-    if rules is None:
-        rules = gpu_rules(target) if target.kind.name == "cuda" else cpu_rules(target)
-    updates = {}
-    hits: Counter = Counter()
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
-            continue
-        sch, rule = schedule_function(func, target, rules, gv.name_hint)
-        if sch is None:
-            continue
-        updates[gv] = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-        hits[rule] += 1
-        if report is not None:
-            report[gv.name_hint] = rule
-    if updates:
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod[gv] = func
-    log.info("scheduled %d functions: %s", sum(hits.values()), dict(hits))
-    left = unscheduled_functions(mod)
-    if left:
-        raise CompileError(
-            f"no schedule rule accepted {len(left)} function(s) for target "
-            f"{target.kind.name}: {', '.join(left)}; add a rule to sepconv.schedules or a "
-            "Fallback at the end of the rule list"
-        )
-    return mod
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # `from sepconv.schedules import triton_depthwise`: the submodule, without the rules
+        return importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(_RULE_LIST)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module 'sepconv.schedules' has no attribute {name!r}") from None

@@ -26,11 +26,16 @@ sys.meta_path.insert(0, _NoTorch())
 
 
 def run_runtime_only(
-    script: str, tmp_path: Path, driver_stub: Path | None = None, site: Path | None = None
+    script: str,
+    tmp_path: Path,
+    driver_stub: Path | None = None,
+    site: Path | None = None,
+    block_torch: bool = True,
 ) -> dict:
     """Run ``script`` (which prints one JSON object as its last line) runtime-only; its result.
     ``site``: a directory searched before the installed packages, holding a TVM without its
-    compiler library (then TVM falls back to its runtime by itself: the variable is not set)."""
+    compiler library (then TVM falls back to its runtime by itself: the variable is not set).
+    ``block_torch=False``: PyTorch may be imported (the GPU machine of the kit has it)."""
     env = dict(os.environ, PATH="/usr/bin:/bin")
     env.pop("TVM_USE_RUNTIME_LIB", None)
     if site is None:
@@ -41,7 +46,7 @@ def run_runtime_only(
     if driver_stub is not None:
         env["LD_LIBRARY_PATH"] = str(driver_stub.parent)
     path = tmp_path / "deploy_script.py"
-    path.write_text(_NO_TORCH + textwrap.dedent(script))
+    path.write_text((_NO_TORCH if block_torch else "") + textwrap.dedent(script))
     proc = subprocess.run(
         [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=300
     )

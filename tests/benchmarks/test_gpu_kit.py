@@ -75,6 +75,26 @@ def test_entry_carries_artifact_weights_and_checked_references(tmp_path):
         kit.cases(record, manifest.inputs)
 
 
+def test_what_the_gpu_run_imports_needs_only_tvms_runtime(tmp_path):
+    """The GPU machine has TVM's runtime only: the Triton kernels, the kit and the benchmark
+    must import there (the rule lists, which need TVM's compiler, stay unimported)."""
+    pytest.importorskip("triton")
+    result = run_runtime_only(
+        f"""
+        import json, sys
+        sys.path.insert(0, {str(gpu_kit.ROOT)!r})  # as the device script's PYTHONPATH
+        from sepconv.schedules import triton_depthwise, triton_fused_dw_pw, triton_se
+        from benchmarks import gpu_kit, gpu_layers
+        import tests.gpu.test_cuda_gpu
+        print(json.dumps({{"rules": "sepconv.schedules.rule_list" in sys.modules,
+                          "compiler": "tvm_compiler" in __import__("tvm").base._LOADED_LIBS}}))
+        """,
+        tmp_path,
+        block_torch=False,
+    )
+    assert result == {"rules": False, "compiler": False}
+
+
 def test_every_part_names_distinct_entries():
     ids = [e.id for entries in gpu_kit.PARTS.values() for e in entries]
     assert len(ids) == len(set(ids))
