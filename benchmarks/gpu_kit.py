@@ -273,10 +273,11 @@ class Kit:
         return self.index["entries"]
 
     def find(self, model: str, batch: int = 1, precision: str = "fp32",
-             variant: str = "cuda-graph") -> dict | None:  # fmt: skip
+             variant: str | None = "cuda-graph") -> dict | None:  # fmt: skip
+        """The entry of ``model`` at its native resolution (``variant=None``: any variant)."""
         for e in self.entries:
-            if (e["model"], e["batch"], e["precision"], e["variant"]) == (
-                model, batch, precision, variant,
+            if (e["model"], e["batch"], e["precision"]) == (model, batch, precision) and (
+                variant is None or e["variant"] == variant
             ) and not e.get("resolution"):  # fmt: skip
                 return e
         return None

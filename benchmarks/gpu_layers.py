@@ -240,15 +240,14 @@ def _reference(torch, name: str, batch: int, dtype: str, kit):
     from sepconv.models import get_model
 
     if kit is not None:
-        for e in kit.entries:
-            if (e["model"], e["batch"], e["precision"]) == (name, batch, dtype) and not e.get(
-                "resolution"
-            ):
-                import sepconv
+        e = kit.find(name, batch=batch, precision=dtype, variant=None)
+        if e is None:
+            return None, None
+        from sepconv.compiler.artifact import read_manifest
 
-                _, x, ref = kit.cases(e, sepconv.load(kit.artifact(e)).inputs)[0]
-                return torch.from_numpy(x), torch.from_numpy(ref)
-        return None, None
+        _, manifest = read_manifest(kit.artifact(e))  # its input signature; loaded once, later
+        _, x, ref = kit.cases(e, manifest.inputs)[0]
+        return torch.from_numpy(x), torch.from_numpy(ref)
     spec = get_model(name, batch=batch)
     x_cpu = torch.from_numpy(seeded_inputs([_Spec(spec.input_shape)], 0)[0])
     with torch.no_grad():

@@ -1068,7 +1068,7 @@ def tune(
 
 def _require_local_gpu(tspec) -> None:
     """Tuning for cuda on this machine measures on its GPU: one that runs ``tspec``'s code."""
-    from sepconv.targets import gpu_compute_capability
+    from sepconv.targets import gpu_compute_capability, parse_cuda_arch
 
     local = gpu_compute_capability()
     if local is None:
@@ -1077,7 +1077,7 @@ def _require_local_gpu(tspec) -> None:
             "`sepconv tune … --target cuda` on the GPU machine, or serve its GPU (sepconv device "
             "serve there) and pass --device rpc://GPU-HOST:9090"
         )
-    arch = "sm_" + str(local).replace(".", "")
+    arch = parse_cuda_arch(local)
     built = str(tspec.target.attrs.get("arch", ""))
     if built.rstrip("a") != arch:
         raise TuningError(

@@ -40,7 +40,7 @@ def run_runtime_only(
     env.pop("TVM_USE_RUNTIME_LIB", None)
     if site is None:
         env["TVM_USE_RUNTIME_LIB"] = "1"
-    if site is not None:
+    else:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     env.pop("TVM_CUDA_COMPILE_MODE", None)
     if driver_stub is not None:
