@@ -177,8 +177,8 @@ def light_tensor_intrinsics(target) -> Iterator[None]:
     (13 s of it CUDA's). MetaSchedule's CPU rules need only x86's and ARM's; for CPU targets a
     stand-in package is registered whose submodules still import on demand, and those two are
     imported. Afterwards the stand-in is removed, so a later plain import gets the real package.
-    CUDA targets get the real package, imported with :func:`_cheap_inspect_stack` (≈50 s → 7 s
-    here).
+    CUDA targets get the real package, imported with :func:`_cheap_inspect_stack` (36 s → 3 s
+    here, ``benchmarks/compile_overheads.py``).
     """
     name = "tvm.s_tir.tensor_intrin"
     if name in sys.modules or target.kind.name != "llvm":
