@@ -31,7 +31,6 @@ WEIGHTS = "weights.safetensors"
 
 # ELF e_machine values of the architectures our triples name.
 _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
-_HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
 @dataclass
@@ -182,10 +181,6 @@ def _elf_machine(path: Path) -> int | None:
     return int.from_bytes(head[18:20], order)
 
 
-def host_arch() -> str:
-    return _HOST_ARCH.get(platform.machine().lower(), platform.machine().lower())
-
-
 def read_manifest(path: str | os.PathLike, *, verify: bool = True) -> tuple[Path, Manifest]:
     """Read and check an artifact. Raises ArtifactError with what is wrong and what to do."""
     given = Path(path)
@@ -242,7 +237,10 @@ def verify_files(root: Path, manifest: Manifest) -> None:
 
 
 def check_runs_here(root: Path, manifest: Manifest) -> None:
-    """Refuse a library built for another architecture, saying where it can run."""
+    """Refuse a library built for another architecture, or for CPU features this machine lacks
+    (it would die on its first such instruction with SIGILL), saying where it can run."""
+    from sepconv.targets.host import host_arch, missing_isa_features
+
     here = host_arch()
     if manifest.arch != here:
         raise ArtifactError(
@@ -250,6 +248,18 @@ def check_runs_here(root: Path, manifest: Manifest) -> None:
             f"on this {here} machine. Copy it to a {manifest.arch} machine with sepconv installed "
             "and load it there, or run it on such a device through TVM RPC "
             "(`sepconv device serve` on the device)"
+        )
+    # Artifacts before the full ISA was recorded carry the schedule-relevant features only.
+    isa = manifest.target.get("isa") or manifest.target.get("features") or []
+    missing = missing_isa_features(isa)
+    if missing:
+        mcpu = manifest.target.get("mcpu") or "?"
+        raise ArtifactError(
+            f"{root} was compiled for a CPU with {', '.join(missing)} (mcpu={mcpu}), which this "
+            f"CPU lacks: running it would stop at the first such instruction (SIGILL). Recompile "
+            "it for this machine (`sepconv compile` without --mcpu, or --mcpu x86-64-v3 for any "
+            "AVX2 CPU), or run it on a machine that has those features (`sepconv device serve` "
+            "there, then --device rpc://HOST:9090)"
         )
 
 

@@ -986,10 +986,13 @@ def tune(
     if tspec.family == "cuda" and dev.is_local:
         _require_local_gpu(tspec)
     elif not tspec.is_host and dev.is_local:
+        from sepconv.targets import missing_on_host
+
         raise TuningError(
-            f"{tspec.triple} code ({tspec.key}) cannot run on this machine: pass a device that "
-            "runs it, e.g. --device rpc://BOARD:9090 or tracker://HOST:9190/KEY (see sepconv "
-            "device serve)"
+            f"{tspec.triple} code ({tspec.key}, mcpu={tspec.mcpu}) cannot run on this machine, "
+            f"which lacks {', '.join(missing_on_host(tspec.target))}: pass a device that runs "
+            "it, e.g. --device rpc://BOARD:9090 or tracker://HOST:9190/KEY (see sepconv device "
+            "serve), or tune for this machine (no --mcpu)"
         )
     log_dir = (
         tuning_db.log_dir_for(tune_log, tspec.key)

@@ -52,6 +52,9 @@ def build_vm(mod, target):
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from sepconv.targets import ensure_runs_here
+
+    ensure_runs_here(target, "a model")
     pipe = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
     with target:
         ex = tvm.compile(mod, target=target, relax_pipeline=pipe)
@@ -84,6 +87,9 @@ def time_primfunc(func, target, number: int = 20, repeat: int = 7) -> float:
     """Median µs of one PrimFunc on random inputs."""
     import tvm
 
+    from sepconv.targets import ensure_runs_here
+
+    ensure_runs_here(target, "a kernel")
     f = func.with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": f}), target=target).jit()
     dev = tvm.cpu()
@@ -107,7 +113,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="mobilenet_v2")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mcpu", default="rocketlake")
+    ap.add_argument("--mcpu", default=None, help="LLVM CPU name (default: this machine's)")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--layers", type=int, default=0, help="also time the N costliest functions")
     ap.add_argument("--skip-untuned", action="store_true")
@@ -116,10 +122,9 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
-    target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": args.mcpu,
-         "num-cores": args.threads}
-    )  # fmt: skip
+    from sepconv.targets import resolve_target
+
+    target = resolve_target("host", mcpu=args.mcpu, num_cores=args.threads).target
     spec = get_model(args.model)
     x = spec.example_input()
     model = spec.module.eval()

@@ -73,7 +73,7 @@ def host_cpu_features() -> dict[str, bool]:
     import tvm_ffi
 
     get = tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures", allow_missing=True)
-    if get is None:  # a TVM without LLVM; nothing we build works then anyway
+    if get is None:  # TVM's runtime alone (no LLVM): callers fall back to /proc/cpuinfo
         return {}
     return {str(k): bool(v) for k, v in get().items()}
 
@@ -91,6 +91,39 @@ def cpuinfo_flags() -> frozenset[str]:
         if key.strip() in ("flags", "Features"):
             return frozenset(value.split())
     return frozenset()
+
+
+# LLVM feature names → the kernel's /proc/cpuinfo flag where the two spell it differently beyond
+# '_', '.' and '-' (sse4.2 ≡ sse4_2, avx512vnni ≡ avx512_vnni are matched by normalising).
+_CPUINFO_ALIAS = {
+    "sse3": "pni", "bmi": "bmi1", "lzcnt": "abm", "pclmul": "pclmulqdq", "sha": "sha_ni",
+    "crc32": "sse4_2", "neon": "asimd", "fullfp16": "asimdhp", "dotprod": "asimddp",
+    "fp16fml": "asimdfhm", "rdm": "asimdrdm", "lse": "atomics", "crc": "crc32",
+}  # fmt: skip
+
+
+def _norm(flag: str) -> str:
+    return flag.lower().replace("_", "").replace(".", "").replace("-", "")
+
+
+def missing_isa_features(features) -> list[str]:
+    """Which of ``features`` (LLVM names, e.g. a target's ``avx512f``, ``fma``) this CPU lacks.
+
+    Asks LLVM's host detection where TVM's compiler is loaded; with TVM's runtime alone (a
+    deployment) reads ``/proc/cpuinfo`` instead, and names it knows no flag for are not held
+    against the host.
+    """
+    wanted = sorted(set(features))
+    llvm = host_cpu_features()
+    if llvm:
+        return [f for f in wanted if f in llvm and not llvm[f]]
+    flags = {_norm(f) for f in cpuinfo_flags()}
+    if not flags:
+        return []
+    return [
+        f for f in wanted
+        if _norm(f) not in flags and _norm(_CPUINFO_ALIAS.get(f, f)) not in flags
+    ]  # fmt: skip
 
 
 def _cgroup_cpu_limit() -> int | None:

@@ -124,6 +124,9 @@ class TargetSpec:
     """``sm_XX`` for cuda, else empty."""
     features: tuple[str, ...] = field(default=())
     """The ISA features that matter for schedules that the target has (``avx512f``, ``fma``…)."""
+    isa: tuple[str, ...] = field(default=())
+    """Every instruction-set feature the generated CPU code may use (for cuda: its host code's);
+    a machine lacking one of them cannot run the library."""
 
     @property
     def host_arch(self) -> str:
@@ -146,6 +149,7 @@ class TargetSpec:
             "mcpu": self.mcpu,
             "cuda_arch": self.cuda_arch,
             "features": list(self.features),
+            "isa": list(self.isa),
             "vector_bits": self.vector_bits,
             "num_cores": self.num_cores,
         }
@@ -316,16 +320,43 @@ _CODEGEN_FEATURE_PREFIXES = (
 )  # fmt: skip
 
 
+def codegen_isa(features: frozenset[str]) -> tuple[str, ...]:
+    """The instruction-set features among ``features`` that generated code may use: what a
+    machine must have to run it (recorded in artifact manifests as ``target.isa``)."""
+    return tuple(sorted(f for f in features if f.startswith(_CODEGEN_FEATURE_PREFIXES)))
+
+
 def _runs_here(triple: str, features: frozenset[str]) -> bool:
     """Whether code for ``triple`` with these features can execute on this CPU: same
     architecture, and no instruction-set feature the CPU lacks."""
     if _triple_arch(triple) != _host.host_arch():
         return False
-    actual = _host.host_cpu_features()
-    return not any(
-        name in features and not on and name.startswith(_CODEGEN_FEATURE_PREFIXES)
-        for name, on in actual.items()
-    )
+    return not _host.missing_isa_features(codegen_isa(features))
+
+
+def missing_on_host(target: Target) -> list[str]:
+    """What this machine lacks to run CPU code built for ``target``: its architecture when that
+    differs (``["aarch64"]``), else the ISA features the host CPU does not have (``["avx512f",
+    …]``); empty when the code runs here."""
+    if str(target.kind.name) == "cuda":
+        target = target.host
+    arch = _triple_arch(str(target.attrs.get("mtriple", "")))
+    if arch != _host.host_arch():
+        return [arch]
+    return _host.missing_isa_features(codegen_isa(_cpu_features(target)))
+
+
+def ensure_runs_here(target: Target, what: str = "code") -> None:
+    """Raise :class:`DeviceError` before ``what`` built for ``target`` is run on a CPU that lacks
+    its architecture or ISA features (it would die with SIGILL, taking the process with it)."""
+    missing = missing_on_host(target)
+    if missing:
+        raise DeviceError(
+            f"this machine cannot run {what} built for {target.attrs.get('mcpu', '?')} "
+            f"({target.attrs.get('mtriple', '?')}): it lacks {', '.join(missing)}. Build for "
+            "this machine (no mcpu, or mcpu=x86-64-v3 for any AVX2 CPU), or run it on a device "
+            "that has them (`sepconv device serve` there, then --device rpc://HOST:9090)"
+        )
 
 
 def _resolve_cpu(triple: str, mcpu: str | None, num_cores: int | None) -> TargetSpec:
@@ -376,6 +407,7 @@ def _resolve_cpu(triple: str, mcpu: str | None, num_cores: int | None) -> Target
         is_host=_runs_here(triple, features),
         mcpu=cpu_name,
         features=reported,
+        isa=codegen_isa(features),
     )
 
 
@@ -521,6 +553,7 @@ def _resolve_cuda(cuda_arch: str | None, mcpu: str | None, num_cores: int | None
         mcpu=host_spec.mcpu,
         cuda_arch=arch,
         features=(),
+        isa=host_spec.isa,
     )
 
 

@@ -31,6 +31,22 @@ def artifact_copy(tiny_artifact, tmp_path):
     return dst, model
 
 
+@pytest.fixture
+def as_avx2_host(monkeypatch):
+    """Call it to make this machine look like an AVX2 CPU without AVX-512, through LLVM's host
+    detection (``llvm=True``) or, as with TVM's runtime alone, /proc/cpuinfo."""
+    from sepconv.targets import host as H
+
+    def simulate(llvm: bool = True) -> None:
+        real = dict(H.host_cpu_features())
+        avx2 = {k: (v and not k.startswith("avx512")) for k, v in real.items()}
+        monkeypatch.setattr(H, "host_cpu_features", lambda: avx2 if llvm else {})
+        flags = frozenset(f for f in H.cpuinfo_flags() if not f.startswith("avx512"))
+        monkeypatch.setattr(H, "cpuinfo_flags", lambda: flags | {"avx", "avx2", "fma"})
+
+    return simulate
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -118,6 +118,51 @@ def test_artifact_for_another_architecture_is_refused_with_a_way_to_run_it(tmp_p
         sepconv.load(art.path)
 
 
+@pytest.fixture(scope="module")
+def avx512_artifact(tmp_path_factory):
+    """TinySeparable compiled (never run here) for skylake-avx512."""
+    art = sepconv.compile(
+        tiny_separable(),
+        target="x86_64-linux-gnu",
+        mcpu="skylake-avx512",
+        out=tmp_path_factory.mktemp("avx512") / "tiny",
+        example_input=torch.randn(1, 3, 16, 16),
+    )
+    assert "avx512f" in art.manifest.target["isa"]
+    return art.path
+
+
+@pytest.mark.parametrize("detection", ["llvm", "cpuinfo"])
+def test_artifact_for_cpu_features_the_host_lacks_is_refused_before_it_runs(
+    avx512_artifact, as_avx2_host, detection
+):
+    """An AVX-512 library on an AVX2 CPU would die with SIGILL; load() names the features."""
+    as_avx2_host(llvm=detection == "llvm")
+    with pytest.raises(ArtifactError, match=r"avx512f.*SIGILL.*--mcpu x86-64-v3"):
+        sepconv.load(avx512_artifact)
+
+
+def test_host_without_avx512_refuses_avx512_artifact_for_real(avx512_artifact):
+    from sepconv.targets.host import missing_isa_features
+
+    if not missing_isa_features(["avx512f"]):
+        pytest.skip("this host has AVX-512 (the refusal is tested with a simulated AVX2 host)")
+    with pytest.raises(ArtifactError, match="avx512f"):
+        sepconv.load(avx512_artifact)
+
+
+def test_artifact_without_full_isa_record_is_checked_by_its_features(artifact_copy, as_avx2_host):
+    """Artifacts written before ``target.isa`` existed carry ``features`` only."""
+    path, _ = artifact_copy
+    m = json.loads((path / A.MANIFEST).read_text())
+    del m["target"]["isa"]
+    m["target"]["features"] = m["target"]["features"] + ["avx512f"]
+    (path / A.MANIFEST).write_text(json.dumps(m))
+    as_avx2_host()
+    with pytest.raises(ArtifactError, match="avx512f"):
+        sepconv.load(path)
+
+
 def test_cpu_artifact_on_cuda_device_is_refused(tiny_artifact):
     with pytest.raises(DeviceError, match="device='cpu'"):
         sepconv.load(tiny_artifact[0], device="cuda")

@@ -314,3 +314,14 @@ def test_two_tuners_on_one_log(tmp_path):
     assert len(candidate_hashes(log)) == db.report.records
     prov = json.loads((log / "provenance.json").read_text())
     assert len(prov["runs"]) == 2
+
+
+def test_tuning_locally_for_cpu_features_the_host_lacks_is_refused(tmp_path, as_avx2_host):
+    """Measuring AVX-512 candidates on an AVX2 CPU would SIGILL the runners: refused up front."""
+    from sepconv.errors import TuningError
+
+    as_avx2_host()
+    with pytest.raises(TuningError, match=r"lacks avx512.*--device rpc://"):
+        tune(tiny_separable(), example_input=X, trials=2, tune_log=tmp_path,
+             mcpu="skylake-avx512", progress=False)  # fmt: skip
+    assert not any(tmp_path.rglob("*.json"))

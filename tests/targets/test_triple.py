@@ -113,6 +113,18 @@ def test_host_features_agree_with_proc_cpuinfo():
 
 
 @on_x86
+@pytest.mark.parametrize("mcpu", [None, "x86-64-v3", "skylake-avx512", "x86-64-v4"])
+def test_cpuinfo_and_llvm_agree_on_what_the_host_lacks(mcpu, monkeypatch):
+    """With TVM's runtime alone (no LLVM) load() reads /proc/cpuinfo instead: same verdict."""
+    isa = targets.resolve_target("x86_64-linux-gnu", mcpu=mcpu).isa
+    assert {"avx2", "fma", "sse4.2"} <= set(isa) or mcpu is None
+    by_llvm = H.missing_isa_features(isa)
+    monkeypatch.setattr(H, "host_cpu_features", lambda: {})
+    assert H.missing_isa_features(isa) == by_llvm
+    assert (mcpu is None) <= (by_llvm == [])  # the host's own code always runs here
+
+
+@on_x86
 def test_host_target_is_corrected_to_the_real_feature_set():
     """The CPU name alone is not trusted: the target's features equal LLVM's host features."""
     spec = targets.resolve_target("host")
