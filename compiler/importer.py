@@ -88,6 +88,12 @@ def to_relax(exported) -> object:
 def import_module(
     module: torch.nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...]
 ) -> ImportedGraph:
+    """An ``nn.Module`` (or a loaded model file: :class:`~sepconv.compiler.model_files.ModelFile`,
+    whose own inputs are used) → ImportedGraph."""
+    from sepconv.compiler.model_files import ModelFile
+
+    if isinstance(module, ModelFile):
+        return module.import_graph()
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
@@ -101,7 +107,23 @@ def import_module(
             f"the model must return a tensor or a tuple of tensors, got {type(outputs).__name__}"
         )
     exported = export_program(module, tuple(example_inputs))
-    mod = to_relax(exported)
+    return _graph(to_relax(exported), example_inputs, outputs)
+
+
+def import_exported(exported, example_inputs: tuple[torch.Tensor, ...]) -> ImportedGraph:
+    """An ``ExportedProgram`` (e.g. from a ``.pt2`` file) with static inputs → ImportedGraph."""
+    with torch.no_grad():
+        outputs = exported.module()(*example_inputs)
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    if not all(isinstance(t, torch.Tensor) for t in outputs):
+        raise ImportFailure(
+            f"the model must return a tensor or a tuple of tensors, got {type(outputs).__name__}"
+        )
+    return _graph(to_relax(exported), example_inputs, outputs)
+
+
+def _graph(mod, example_inputs, outputs) -> ImportedGraph:
     inputs = [
         TensorInfo(
             f"input{i}" if len(example_inputs) > 1 else "input",

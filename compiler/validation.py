@@ -9,6 +9,7 @@ skipping inputs whose eager top-2 margin is inside the tolerance (a tie either a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,12 +42,20 @@ class ValidationReport:
     top1_ambiguous: int = 0
     rule: str = f"max_abs_error <= {REL_TOL:g} * max|reference| + {ABS_TOL:g}"
     notes: list[str] = field(default_factory=list)
+    reference: str = "eager PyTorch"  # what the compiled model was compared with
+    bisect: Any = field(default=None, repr=False)  # a compiler.bisect.BisectReport when asked
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("bisect")
+        if self.bisect is not None:
+            d["bisect"] = self.bisect.to_json()
+        return d
 
     def summary(self) -> str:
-        lines = [f"{'PASS' if self.passed else 'FAIL'}  {self.model}  ({self.rule})"]
+        lines = [
+            f"{'PASS' if self.passed else 'FAIL'}  {self.model} vs {self.reference}  ({self.rule})"
+        ]
         for o in self.outputs:
             lines.append(
                 f"  {o.name}: max abs error {o.max_abs_error:.3g}, max rel error "

@@ -9,16 +9,19 @@ Name syntax: ``family[:width][@resolution]``, e.g. ``mobilenet_v1``, ``mobilenet
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from sepconv.checksum import sha256_file
 from sepconv.errors import ModelLoadError, UnknownModelError
 
 from .counting import count_macs, count_params
@@ -215,6 +218,29 @@ def get_model(
     return ModelSpec(canonical_name(family, width, resolution), family, module, shape, num_classes)
 
 
+def zoo_source(
+    name: str,
+    *,
+    batch: int = 1,
+    weights: str | os.PathLike | None = None,
+    seed: int = 0,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+) -> tuple[nn.Module, tuple[torch.Tensor, ...], dict]:
+    """A zoo model as the compiler takes it: (module, example inputs, the manifest's model record).
+
+    The record names the model, batch and seed, and a weights file by its absolute path and
+    SHA-256, so that validation can rebuild the same module (and tell when the file changed).
+    The example input is the model's seeded one unless ``example_input`` is given.
+    """
+    spec = get_model(name, batch=batch, weights=weights, seed=seed)
+    record = {"name": spec.name, "source": "zoo", "seed": seed, "batch": batch}
+    if weights is not None:
+        record["weights"] = str(Path(weights).resolve())
+        record["weights_sha256"] = sha256_file(Path(weights))
+    x = example_input if example_input is not None else spec.example_input(seed)
+    return spec.module, (x,) if isinstance(x, torch.Tensor) else tuple(x), record
+
+
 @functools.cache
 def _model_infos() -> tuple[ModelInfo, ...]:
     infos = []
@@ -287,6 +313,14 @@ def _external(
             + "), so they do not work with the CPU-only torch build sepconv installs. Install a "
             f"full torch with a matching {source} to use '{source}:' names, or {suggestion}."
         ) from exc
+    known = torchvision.models.list_models() if source == "torchvision" else timm.list_models()
+    if model.partition(".")[0] not in known:  # timm names may carry a ".tag"
+        close = difflib.get_close_matches(model, known, n=6, cutoff=0.6)
+        raise UnknownModelError(
+            f"{source} has no model {model!r}; "
+            + (f"close matches: {', '.join(close)}" if close else f"see {source}'s model list")
+            + f" (name it as {source}:NAME[@resolution])"
+        )
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

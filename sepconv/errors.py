@@ -20,6 +20,11 @@ class UnknownTargetError(SepconvError):
     """A target triple we do not support."""
 
 
+class ModelFileError(SepconvError):
+    """A model file (.pt2 / .onnx) that is missing, unreadable, not a model, changed since it was
+    compiled, or needs an input shape it does not declare."""
+
+
 class ImportFailure(SepconvError):
     """torch.export or the Relax importer could not take the model."""
 

@@ -197,7 +197,10 @@ def test_external_with_a_library(monkeypatch):
         return MobileNetV2(0.35, num_classes)
 
     fake = types.ModuleType("torchvision")
-    fake.models = types.SimpleNamespace(get_model=fake_get_model)
+    # "resnet999" is listed but fails to build: the library's own error path
+    fake.models = types.SimpleNamespace(
+        get_model=fake_get_model, list_models=lambda: ["mobilenet_v2", "resnet999"]
+    )
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     spec = get_model("torchvision:mobilenet_v2@64", batch=2, num_classes=7)
     assert (spec.name, spec.family) == ("torchvision:mobilenet_v2@64", "torchvision:mobilenet_v2")
@@ -214,3 +217,7 @@ def test_external_with_a_library(monkeypatch):
     assert get_model("torchvision:mobilenet_v2").input_shape == (1, 3, 224, 224)
     with pytest.raises(UnknownModelError, match="cannot build 'resnet999'"):
         get_model("torchvision:resnet999")
+    with pytest.raises(
+        UnknownModelError, match="no model 'mobilenet_v22'; close matches: mobilenet_v2"
+    ):
+        get_model("torchvision:mobilenet_v22")
