@@ -6,31 +6,35 @@ Runs on ``main`` after BatchNorm folding (weights still constants), for CUDA tar
     mean(x) → 1×1 conv → +b → act → 1×1 conv → +b → gate → x·g ⇒  triton_se (2 launches)
     dw conv [→ +b] [→ act]                                    ⇒  triton_dw
 
-(act: ReLU, ReLU6, h-swish, SiLU or none; gate: sigmoid or hard-sigmoid; every form as
-``torch.export`` writes it, e.g. ReLU6 as one or two ``clip``.) Each match becomes a
+(act: ReLU, ReLU6, h-swish, SiLU or none; gate: sigmoid or hard-sigmoid.) The chains are
+:mod:`sepconv.compiler.patterns`'s, shared with the CPU rewrite, with every spelling the importers
+write; this file reads their matches into the kernels' parameters and declines what the kernels
+do not take. Each match becomes a
 ``call_tir`` of a host TIR function that launches the kernel from
 ``sepconv.schedules.triton_*``; :mod:`sepconv.schedules.triton_embed` compiles the kernel for
 the target's ``sm_XX`` (no GPU needed) and the CUDA modules travel in the IRModule's
 ``external_mods``, so ``tvm.compile`` links them into the one library.
 
-Matching walks the dataflow bindings from the last to the first, so the largest pattern ending
-at a binding wins, and takes a chain only when its intermediate values have no user outside it
-(otherwise the rewrite would compute them twice). Convs with a channel multiplier, grouped convs
+Matching (:func:`sepconv.compiler.patterns.find_chains`) walks the dataflow bindings from the
+last to the first, so the largest pattern ending at a binding wins, and takes a chain only when
+its intermediate values have no user outside it (otherwise the rewrite would compute them
+twice). Convs with a channel multiplier, grouped convs
 that are not depthwise, and layouts other than NCHW/OIHW stay with TVM (dlight rules).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sepconv.compiler import patterns
+from sepconv.compiler.patterns import Chain
 from sepconv.errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -63,420 +67,103 @@ def mixed_precision(mod: tvm.IRModule, precision: str) -> tvm.IRModule:
         raise CompileError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return mod
-    mod = relax.transform.ToMixedPrecision(out_dtype="float16")(clip_to_min_max(mod))
+    mod = relax.transform.ToMixedPrecision(out_dtype="float16")(patterns.normalize_clip(mod))
     return relax.transform.FoldConstant()(mod)
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading the graph
+# Matching: the patterns of compiler.patterns, read into what the Triton kernels take
 
-
-def _num(expr) -> float | None:
-    """A scalar constant / PrimValue as float, else None."""
-    v = expr
-    for _ in range(3):
-        if isinstance(v, (int, float)):
-            return float(v)
-        if hasattr(v, "numpy"):
-            arr = v.numpy()
-            return float(arr.reshape(-1)[0]) if arr.size == 1 else None
-        if not hasattr(v, "value"):
-            return None
-        v = v.value
-    return float(v) if isinstance(v, (int, float)) else None
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    ty = getattr(expr, "ty", None)
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return tuple(int(s) for s in ty.shape)
-    except (TypeError, AttributeError, ValueError):
-        return None
+_KERNEL_ACTS = ("none", "relu", "relu6", "hswish", "silu")  # schedules.triton_common.act_code
+_DTYPES = ("float32", "float16")
 
 
 def _dtype(expr) -> str:
     return str(expr.ty.dtype)
 
 
-class _Graph:
-    """The bindings of ``main``: what each Var is bound to and who uses it."""
-
-    def __init__(self, func: relax.Function):
-        self.value: dict = {}
-        self.users: dict = defaultdict(set)
-        self.order: list = []
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                if not isinstance(binding, relax.VarBinding):
-                    continue
-                self.value[binding.var] = binding.value
-                self.order.append(binding.var)
-                for used in _vars_in(binding.value):
-                    self.users[used].add(binding.var)
-        for used in _vars_in(func.body.body):
-            self.users[used].add(None)  # the function's result
-
-    def call(self, var, *ops):
-        value = self.value.get(var) if isinstance(var, relax.Var) else None
-        if (
-            isinstance(value, relax.Call)
-            and isinstance(value.op, tvm.ir.Op)
-            and value.op.name in ops
-        ):
-            return value
+def _conv_info(conv: patterns.ConvMatch) -> dict | None:
+    """A conv the kernels take (NCHW / OIHW, static 4-d shapes, square stride and dilation,
+    fp32 or fp16 throughout) as the emitter's parameters; None for any other."""
+    p = conv.params
+    if p.data_layout != "NCHW" or p.kernel_layout != "OIHW" or p.out_layout not in ("NCHW", ""):
         return None
-
-    def num(self, expr) -> float | None:
-        """A scalar constant, also when bound to a Var as ``astype(constant)`` (fp16 graphs)."""
-        if isinstance(expr, relax.Var):
-            cast = self.call(expr, "relax.astype")
-            return _num(cast.args[0]) if cast is not None else None
-        return _num(expr)
-
-    def only_used_by(self, var, allowed) -> bool:
-        return self.users.get(var, set()) <= set(allowed)
-
-
-def _vars_in(expr) -> list:
-    found = []
-
-    def visit(e):
-        if isinstance(e, relax.Var):
-            found.append(e)
-
-    relax.analysis.post_order_visit(expr, visit)
-    return found
-
-
-def _bound_step(g: _Graph, var):
-    """var = clip(v, lo, hi) | maximum(v, lo) | minimum(v, hi) with constant bounds →
-    (v, lo, hi); None for anything else."""
-    c = g.call(var, "relax.clip", "relax.maximum", "relax.minimum")
-    if c is None:
+    if p.x_shape is None or p.w_shape is None or len(p.x_shape) != 4:
         return None
-    inf = float("inf")
-    if c.op.name == "relax.clip":
-        lo, hi = g.num(c.args[1]), g.num(c.args[2])
-        return (c.args[0], lo, hi) if lo is not None and hi is not None else None
-    bound = g.num(c.args[1])
-    if bound is None:
+    if p.stride[0] != p.stride[1] or p.dilation[0] != p.dilation[1]:
         return None
-    return (c.args[0], bound, inf) if c.op.name == "relax.maximum" else (c.args[0], -inf, bound)
-
-
-def _clip_chain(g: _Graph, var):
-    """One or two clips (or their maximum/minimum form, which fp16 builds use) → (v, lo, hi,
-    claimed vars)."""
-    step = _bound_step(g, var)
-    if step is None:
-        return None
-    inner, lo, hi = step
-    claimed = [var]
-    step = _bound_step(g, inner)
-    if step is not None and g.only_used_by(inner, claimed):
-        claimed.append(inner)
-        inner, lo2, hi2 = step
-        lo, hi = max(lo, lo2), min(hi, hi2)
-    return inner, lo, hi, claimed
-
-
-def clip_to_min_max(mod: tvm.IRModule) -> tvm.IRModule:
-    """clip(x, lo, hi) → minimum(maximum(x, lo), hi) with tensor constants of x's dtype:
-    ``ToMixedPrecision`` cannot type clip's scalar (PrimValue) bounds."""
-
-    @mutator
-    class _Clip(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.clip":
-                x = call.args[0]
-                lo, hi = _num(call.args[1]), _num(call.args[2])
-                dtype = _dtype(x)
-                if not math.isinf(lo):
-                    x = self.builder_.emit(relax.op.maximum(x, relax.const(lo, dtype)))
-                if not math.isinf(hi):
-                    x = relax.op.minimum(x, relax.const(hi, dtype))
-                return x
-            return call
-
-    rewriter = _Clip(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
-
-
-def _hard_gate(g: _Graph, var):
-    """clip(v + 3, 0, 6) → (v, claimed)."""
-    chain = _clip_chain(g, var)
-    if chain is None or (chain[1], chain[2]) != (0.0, 6.0):
-        return None
-    inner, _, _, claimed = chain
-    add = g.call(inner, "relax.add")
-    if add is None or g.num(add.args[1]) != 3.0 or not g.only_used_by(inner, claimed):
-        return None
-    return add.args[0], claimed + [inner]
-
-
-def _activation(g: _Graph, var):
-    """var = act(b) → (act name, b, claimed vars) for relu/relu6/hswish/silu; None otherwise."""
-    c = g.call(var, "relax.nn.relu")
-    if c is not None:
-        return "relu", c.args[0], [var]
-    chain = _clip_chain(g, var)
-    if chain is not None:
-        inner, lo, hi, claimed = chain
-        if lo == 0.0 and hi == 6.0:
-            return "relu6", inner, claimed
-        if lo == 0.0 and math.isinf(hi):
-            return "relu", inner, claimed
-        return None
-    div = g.call(var, "relax.divide")
-    if div is not None and g.num(div.args[1]) == 6.0:  # h-swish: b · clip(b + 3, 0, 6) / 6
-        mul = g.call(div.args[0], "relax.multiply")
-        if mul is not None and g.only_used_by(div.args[0], [var]):
-            gate = _hard_gate(g, mul.args[1])
-            if gate is not None and gate[0].same_as(mul.args[0]):
-                claimed = [var, div.args[0], mul.args[1], *gate[1]]
-                if g.only_used_by(mul.args[1], claimed):
-                    return "hswish", mul.args[0], claimed
-        return None
-    mul = g.call(var, "relax.multiply")
-    if mul is not None:  # SiLU: b · sigmoid(b)
-        sig = g.call(mul.args[1], "relax.sigmoid")
-        if sig is not None and sig.args[0].same_as(mul.args[0]):
-            if g.only_used_by(mul.args[1], [var]):
-                return "silu", mul.args[0], [var, mul.args[1]]
-    return None
-
-
-def _gate(g: _Graph, var):
-    """var = gate(s) → ("sigmoid" | "hsigmoid", s, claimed)."""
-    c = g.call(var, "relax.sigmoid")
-    if c is not None:
-        return "sigmoid", c.args[0], [var]
-    div = g.call(var, "relax.divide")
-    if div is not None and g.num(div.args[1]) == 6.0:
-        gate = _hard_gate(g, div.args[0])
-        if gate is not None and g.only_used_by(div.args[0], [var]):
-            return "hsigmoid", gate[0], [var, div.args[0], *gate[1]]
-    return None
-
-
-def _act_or_none(g: _Graph, var):
-    found = _activation(g, var)
-    return found if found is not None else ("none", var, [])
-
-
-def _biased_conv(g: _Graph, var):
-    """var = conv2d(x, W) + b or conv2d(x, W) → (conv call, bias const | None, claimed)."""
-    add = g.call(var, "relax.add")
-    if add is not None:
-        conv = g.call(add.args[0], "relax.nn.conv2d")
-        if conv is not None and isinstance(add.args[1], tvm.ir.expr.Constant):
-            if g.only_used_by(add.args[0], [var]):
-                return conv, add.args[1], [var, add.args[0]]
-        return None
-    conv = g.call(var, "relax.nn.conv2d")
-    if conv is not None:
-        return conv, None, [var]
-    return None
-
-
-def _conv_info(conv) -> dict | None:
-    a = conv.attrs
-    if a["data_layout"] != "NCHW" or a["kernel_layout"] != "OIHW":
-        return None
-    if str(a["out_layout"]) not in ("NCHW", ""):
-        return None
-    x, w = conv.args
-    xs, ws = _shape(x), _shape(w)
-    if xs is None or ws is None or len(xs) != 4 or not isinstance(w, tvm.ir.expr.Constant):
-        return None
-    strides = [int(s) for s in a["strides"]]
-    dil = [int(d) for d in a["dilation"]]
-    pad = [int(p) for p in a["padding"]]
-    if strides[0] != strides[1] or dil[0] != dil[1]:
-        return None
-    dtype = _dtype(conv)
-    if dtype not in ("float32", "float16") or _dtype(x) != dtype or _dtype(w) != dtype:
+    if p.dtype not in _DTYPES or p.x_dtype != p.dtype or p.w_dtype != p.dtype:
         return None
     return {
-        "x": x, "w": w, "xs": xs, "ws": ws, "ys": _shape(conv), "stride": strides[0],
-        "dil": dil[0], "pad": pad, "groups": int(a["groups"]), "dtype": dtype,
+        "x": conv.x, "w": conv.w, "xs": p.x_shape, "ws": p.w_shape, "ys": p.y_shape,
+        "stride": p.stride[0], "dil": p.dilation[0], "pad": list(p.padding), "groups": p.groups,
+        "dtype": p.dtype,
     }  # fmt: skip
 
 
-def _is_depthwise(info: dict) -> bool:
-    c = info["xs"][1]
-    return info["groups"] == c > 1 and info["ws"][0] == c and info["ws"][1] == 1
-
-
-def _is_pointwise(info: dict) -> bool:
-    return (
-        info["groups"] == 1
-        and info["ws"][2:] == (1, 1)
-        and info["stride"] == 1
-        and not any(info["pad"])
-    )
-
-
-def _bias_ok(bias, channels: int) -> bool:
-    return bias is None or _shape(bias) in ((1, channels, 1, 1), (channels,))
-
-
-# ---------------------------------------------------------------------------------------------
-# Matches
-
-
-@dataclass
-class _Match:
-    kind: str  # "fused_dw_pw" | "se" | "depthwise"
-    root: object  # the Var whose binding is replaced
-    claimed: list
-    params: dict
-
-
-def _match_depthwise_chain(g: _Graph, var):
-    """var = act(conv_dw(x) + b) (either part optional) → (params, claimed)."""
-    act, inner, claimed = _act_or_none(g, var)
-    biased = _biased_conv(g, inner)
-    if biased is None:
+def _depthwise_info(dw: patterns.ConvMatch, act: patterns.Act) -> dict | None:
+    """The depthwise kernel's parameters: channel multiplier 1, an activation it has."""
+    info = _conv_info(dw)
+    if info is None or not dw.params.is_depthwise or dw.params.multiplier != 1:
         return None
-    conv, bias, more = biased
-    info = _conv_info(conv)
-    if info is None or not _is_depthwise(info) or not _bias_ok(bias, info["xs"][1]):
+    if act.kind not in _KERNEL_ACTS:
         return None
-    claimed = claimed + [v for v in more if v not in claimed]
-    if not all(g.only_used_by(v, claimed) for v in claimed if not v.same_as(var)):
-        return None
-    return {"dw": info, "b_dw": bias, "act_dw": act}, claimed
+    return {"dw": info, "b_dw": dw.bias, "act_dw": act.kind}
 
 
-def match_fused(g: _Graph, var) -> _Match | None:
-    """[residual +] act2(conv_pw(act1(conv_dw(x) + b1)) + b2)."""
-    candidates = []
-    add = g.call(var, "relax.add")
-    if add is not None:
-        for main, res in ((add.args[1], add.args[0]), (add.args[0], add.args[1])):
-            if isinstance(main, relax.Var) and isinstance(res, relax.Var):
-                candidates.append((main, res, [var]))
-    candidates.append((var, None, []))
-    for top, residual, claimed0 in candidates:
-        act_pw, inner, claimed = _act_or_none(g, top)
-        if claimed0 and act_pw == "none" and not top.same_as(inner):
+def _match_fused(pats: patterns.SeparablePattern, b: patterns.Bindings, var) -> Chain | None:
+    """[residual +] act(conv_pw(act(conv_dw(x) [+ b])) [+ b])."""
+    for form in pats.forms:
+        m = b.match(form, var)
+        block = pats.read(m) if m is not None else None
+        if block is None:
             continue
-        pw = _biased_conv(g, inner)
-        if pw is None:
+        params = _depthwise_info(block.dw, block.act_dw)
+        info_pw = _conv_info(block.pw)
+        if params is None or info_pw is None or block.act_pw.kind not in _KERNEL_ACTS:
             continue
-        conv_pw, b_pw, more = pw
-        info_pw = _conv_info(conv_pw)
-        if info_pw is None or not _is_pointwise(info_pw):
-            continue
-        if not _bias_ok(b_pw, info_pw["ws"][0]):
-            continue
-        dw = _match_depthwise_chain(g, info_pw["x"])
-        if dw is None:
-            continue
-        params, claimed_dw = dw
         if info_pw["dtype"] != params["dw"]["dtype"]:
             continue
-        if residual is not None and (
-            _shape(residual) != info_pw["ys"] or _dtype(residual) != info_pw["dtype"]
-        ):
+        claimed = b.claim(m, var, pats.leaves)
+        if claimed is None:
             continue
-        all_claimed = list(dict.fromkeys(claimed0 + [top] + claimed + more + claimed_dw))
-        if residual is not None and any(residual.same_as(v) for v in all_claimed):
-            continue  # the "residual" is the block's own intermediate: not a skip connection
-        inner_vars = [v for v in all_claimed if not v.same_as(var)]
-        if not all(g.only_used_by(v, all_claimed) for v in inner_vars):
-            continue
-        params.update(pw=info_pw, b_pw=b_pw, act_pw=act_pw, residual=residual)
-        return _Match("fused_dw_pw", var, all_claimed, params)
+        residual = b.var_of(block.residual) if block.residual is not None else None
+        params.update(pw=info_pw, b_pw=block.pw.bias, act_pw=block.act_pw.kind, residual=residual)
+        return Chain("fused_dw_pw", var, claimed, params)
     return None
 
 
-def match_se(g: _Graph, var) -> _Match | None:
-    """x · gate(conv(act(conv(mean_hw(x)) + b1)) + b2)."""
-    mul = g.call(var, "relax.multiply")
-    if mul is None:
+def _match_se(pats: patterns.SEPattern, b: patterns.Bindings, var) -> Chain | None:
+    m = b.match(pats.pattern, var)
+    se = pats.read(m, layout="NCHW") if m is not None else None
+    if se is None or _dtype(se.x) not in _DTYPES or se.act.kind not in _KERNEL_ACTS:
         return None
-    x, gvar = mul.args
-    xs = _shape(x)
-    if xs is None or len(xs) != 4 or _dtype(x) not in ("float32", "float16"):
+    claimed = b.claim(m, var, pats.leaves)
+    if claimed is None:
         return None
-    gate = _gate(g, gvar)
-    if gate is None:
-        return None
-    gate_name, s2, claimed = gate
-    fc2 = _biased_conv(g, s2)
-    if fc2 is None:
-        return None
-    conv2, b2, more2 = fc2
-    act, h, claimed_act = _act_or_none(g, conv2.args[0])
-    fc1 = _biased_conv(g, h)
-    if fc1 is None or act not in ("relu", "silu", "relu6", "hswish", "none"):
-        return None
-    conv1, b1, more1 = fc1
-    pooled = conv1.args[0]
-    chain = [pooled]
-    cast = g.call(pooled, "relax.astype")
-    if cast is not None:
-        pooled = cast.args[0]
-        chain.append(pooled)
-    mean = g.call(pooled, "relax.mean")
-    if mean is None or not bool(mean.attrs["keepdims"]):
-        return None
-    axes = sorted(int(a) % 4 for a in mean.attrs["axis"])
-    src = mean.args[0]
-    cast_in = g.call(src, "relax.astype")
-    if cast_in is not None:
-        chain.append(src)
-        src = cast_in.args[0]
-    if axes != [2, 3] or not src.same_as(x):
-        return None
-    c = xs[1]
-    w1, w2 = conv1.args[1], conv2.args[1]
-    if not (isinstance(w1, tvm.ir.expr.Constant) and isinstance(w2, tvm.ir.expr.Constant)):
-        return None
-    cr = _shape(w1)[0]
-    if _shape(w1) != (cr, c, 1, 1) or _shape(w2) != (c, cr, 1, 1) or b1 is None or b2 is None:
-        return None
-    if not (_bias_ok(b1, cr) and _bias_ok(b2, c)):
-        return None
-    all_claimed = list(dict.fromkeys([var, *claimed, *more2, *claimed_act, *more1, *chain]))
-    if not all(g.only_used_by(v, all_claimed) for v in all_claimed if not v.same_as(var)):
-        return None
-    params = {"x": x, "xs": xs, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "cr": cr, "act": act,
-              "gate": gate_name, "dtype": _dtype(x)}  # fmt: skip
-    return _Match("se", var, all_claimed, params)
+    params = {"x": se.x, "xs": patterns.static_shape(se.x), "w1": se.fc1.w,
+              "b1": se.fc1.bias, "w2": se.fc2.w, "b2": se.fc2.bias, "cr": se.reduced,
+              "act": se.act.kind, "gate": se.gate, "dtype": _dtype(se.x)}  # fmt: skip
+    return Chain("se", var, claimed, params)
 
 
-def match_depthwise(g: _Graph, var) -> _Match | None:
-    found = _match_depthwise_chain(g, var)
-    if found is None:
-        return None
-    return _Match("depthwise", var, found[1], found[0])
+def _match_depthwise(pats: patterns.DepthwisePattern, b: patterns.Bindings, var) -> Chain | None:
+    m = b.match(pats.pattern, var)
+    found = pats.read(m) if m is not None else None
+    params = _depthwise_info(found.dw, found.act) if found is not None else None
+    claimed = b.claim(m, var, pats.leaves) if params is not None else None
+    return Chain("depthwise", var, claimed, params) if claimed is not None else None
 
 
-def find_matches(func: relax.Function, fuse: bool = True) -> list[_Match]:
+def find_matches(func: relax.Function, fuse: bool = True) -> list[Chain]:
     """Non-overlapping matches, downstream bindings first, larger patterns first."""
-    g = _Graph(func)
-    taken: set = set()
-    matches = []
-    matchers = ([match_fused] if fuse else []) + [match_se, match_depthwise]
-    for var in reversed(g.order):
-        if var in taken:
-            continue
-        for matcher in matchers:
-            m = matcher(g, var)
-            if m is not None and not any(v in taken for v in m.claimed):
-                matches.append(m)
-                taken.update(m.claimed)
-                break
-    return matches
+    matchers = [
+        partial(_match_se, patterns.SEPattern()),
+        partial(_match_depthwise, patterns.DepthwisePattern()),
+    ]
+    if fuse:
+        matchers.insert(0, partial(_match_fused, patterns.SeparablePattern()))
+    return patterns.find_chains(func, matchers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,7 +221,7 @@ class _Emitter:
         meta = {k: v for k, v in cfg.kwargs.items() if k != "LAYOUT_NHWC"}
         X = _buffer("x", dw["xs"], dw["dtype"])
         W = _buffer("w", dw["ws"], dw["dtype"])
-        B = _buffer("b", _shape(bias), dw["dtype"]) if bias is not None else None
+        B = _buffer("b", patterns.static_shape(bias), dw["dtype"]) if bias is not None else None
         Y = _buffer("y", dw["ys"], dw["dtype"])
         args = [X.data, W.data, _or(B, W).data, Y.data, *map(_i32, (c, h, w, oh, ow)),
                 kh, kw, dw["stride"], dw["pad"][0], dw["pad"][1], dw["dil"], bias is not None,
@@ -562,9 +249,9 @@ class _Emitter:
         meta = {k: v for k, v in cfg.kwargs.items() if k != "LAYOUT_NHWC"}
         X = _buffer("x", dw["xs"], dtype)
         WD = _buffer("w_dw", dw["ws"], dtype)
-        BD = _buffer("b_dw", _shape(b_dw), dtype) if b_dw is not None else None
+        BD = _buffer("b_dw", patterns.static_shape(b_dw), dtype) if b_dw is not None else None
         WP = _buffer("w_pw", pw["ws"], dtype)
-        BP = _buffer("b_pw", _shape(b_pw), dtype) if b_pw is not None else None
+        BP = _buffer("b_pw", patterns.static_shape(b_pw), dtype) if b_pw is not None else None
         R = _buffer("residual", pw["ys"], dtype) if res is not None else None
         Y = _buffer("y", pw["ys"], dtype)
         args = [X.data, WD.data, _or(BD, WD).data, WP.data, _or(BP, WP).data, _or(R, Y).data,
@@ -592,10 +279,10 @@ class _Emitter:
         pm = {k: v for k, v in pool_cfg.kwargs.items() if k != "LAYOUT_NHWC"}
         sm = {k: v for k, v in scale_cfg.kwargs.items() if k != "LAYOUT_NHWC"}
         X = _buffer("x", p["xs"], dtype)
-        W1 = _buffer("w1", _shape(p["w1"]), dtype)
-        B1 = _buffer("b1", _shape(p["b1"]), dtype)
-        W2 = _buffer("w2", _shape(p["w2"]), dtype)
-        B2 = _buffer("b2", _shape(p["b2"]), dtype)
+        W1 = _buffer("w1", patterns.static_shape(p["w1"]), dtype)
+        B1 = _buffer("b1", patterns.static_shape(p["b1"]), dtype)
+        W2 = _buffer("w2", patterns.static_shape(p["w2"]), dtype)
+        B2 = _buffer("b2", patterns.static_shape(p["b2"]), dtype)
         P = _buffer("pooled", (n, c), "float32")
         Y = _buffer("y", p["xs"], dtype)
         pool = self.embed.Launch(
@@ -659,7 +346,7 @@ def rewrite_triton(
         replacements[m.root] = (name, args, outs, index)
         setattr(stats, m.kind, getattr(stats, m.kind) + 1)
     if not matches:
-        stats.left_to_tvm = _count_depthwise(mod)
+        stats.left_to_tvm = patterns.count_depthwise(mod["main"])
         return mod, stats
     bb = relax.BlockBuilder(mod)
     gvs = {name: bb.add_func(func, name) for name, func in new_funcs.items()}
@@ -671,25 +358,9 @@ def rewrite_triton(
 
     out = attach_modules(out, emitter.modules)
     stats.kernels = list(emitter.kernels)
-    stats.left_to_tvm = _count_depthwise(out)
+    stats.left_to_tvm = patterns.count_depthwise(out["main"])
     log.info("triton rewrite: %s", stats.to_json())
     return out, stats
-
-
-def _count_depthwise(mod: tvm.IRModule) -> int:
-    found = 0
-
-    def visit(e):
-        nonlocal found
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
-            if e.op.name == "relax.nn.conv2d":
-                groups = int(e.attrs["groups"])
-                xs = _shape(e.args[0])
-                if xs is not None and groups > 1 and groups == xs[1]:
-                    found += 1
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return found
 
 
 def apply_triton_ops(mod: tvm.IRModule, target, fuse: bool = True):
