@@ -4,7 +4,7 @@
    workloads stored without TVM's JSON indentation, vs the same log with every workload
    re-serialized by TVM itself (indented, as TVM's JSONDatabase writes it).
 2. **Importing TVM's tensor intrinsics** (every CUDA tuning run does): plain, vs inside
-   :func:`sepconv.compiler.tuning._cheap_inspect_stack` (each run checks that CUDA's tensor-core
+   :func:`sepconv.compiler.tvm_compat.cheap_inspect_stack` (each run checks that CUDA's tensor-core
    intrinsics got registered).
 
 Each measurement is a fresh Python process (imports are cached per process), the two forms
@@ -31,7 +31,7 @@ LOG = ROOT / "tune_logs" / "x86_64-avx512"
 
 READ_LOG = """
 import sys, time
-from sepconv.compiler import tuning_db
+from sepconv.compiler.tuning import database as tuning_db
 t = time.perf_counter()
 db = tuning_db.open_database([sys.argv[1]], warn=False, top_k=1)
 print(time.perf_counter() - t, db.report.workloads, db.report.records)
@@ -40,10 +40,10 @@ print(time.perf_counter() - t, db.report.workloads, db.report.records)
 IMPORT_INTRINSICS = """
 import sys, time, contextlib
 import torch, tvm  # what a tuning process has loaded by then
-from sepconv.compiler import tuning
+from sepconv.compiler import tvm_compat
 cheap = sys.argv[1] == "cheap"
 t = time.perf_counter()
-with (tuning._cheap_inspect_stack() if cheap else contextlib.nullcontext()):
+with (tvm_compat.cheap_inspect_stack() if cheap else contextlib.nullcontext()):
     import tvm.s_tir.tensor_intrin
 elapsed = time.perf_counter() - t
 from tvm.s_tir import TensorIntrin
@@ -58,7 +58,7 @@ def indented_copy(src: Path, dst: Path) -> None:
     """``src`` with every workload as TVM serializes it (indented JSON inside base64)."""
     from tvm.s_tir.meta_schedule.database import Workload
 
-    from sepconv.compiler import tuning_db
+    from sepconv.compiler.tuning import database as tuning_db
 
     dst.mkdir(parents=True, exist_ok=True)
     lines = []

@@ -54,7 +54,7 @@ def checkpoints(trials: int, points: int) -> list[int]:
 
 def log_prefix(log_dir: Path, n: int, dest: Path) -> Path:
     """A copy of ``log_dir`` holding only its first ``n`` records (and every workload)."""
-    from sepconv.compiler import tuning_db
+    from sepconv.compiler.tuning import database as tuning_db
 
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log_dir / tuning_db.WORKLOAD_FILE, dest / tuning_db.WORKLOAD_FILE)
@@ -65,7 +65,7 @@ def log_prefix(log_dir: Path, n: int, dest: Path) -> Path:
 
 
 def logged_records(log_dir: Path) -> int:
-    from sepconv.compiler import tuning_db
+    from sepconv.compiler.tuning import database as tuning_db
 
     return sum(tuning_db.TuneLog(log_dir).count_records().values())
 
@@ -119,9 +119,9 @@ def kernel_level(module, x, logs: dict[str, Path]) -> dict:
     """Per task, as the tuner measured them: our rule's own schedule (found in the rules log) and
     each log's best record, in µs; totals weighted by calls, in ms. Kernel timings are far less
     noisy than whole-model ones on a shared machine, and they need no rebuild."""
-    from sepconv.compiler import tuning_db
     from sepconv.compiler.importer import import_module
     from sepconv.compiler.tuning import best_record_us, extract_tasks, rule_choice_vs_best
+    from sepconv.compiler.tuning import database as tuning_db
     from sepconv.targets import resolve_target
 
     target = resolve_target("host").target

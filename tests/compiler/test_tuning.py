@@ -19,7 +19,7 @@ import torch
 import tvm_ffi
 
 import sepconv
-from sepconv.compiler import tuning_db
+from sepconv.compiler.tuning import database as tuning_db
 from sepconv.compiler.tuning import rule_spaces, tune
 from sepconv.targets import resolve_target
 from tests.nets import TinySeparable, randomize_bn, tiny_separable
@@ -223,11 +223,12 @@ def test_tasks_without_a_rule_space_measure_the_rules_schedule_first(tmp_path):
 
     from sepconv.compiler import tuning
     from sepconv.compiler.importer import import_module
+    from sepconv.compiler.tuning import spaces
 
     target = resolve_target("host").target
     graphs = [("tiny", import_module(tiny_separable(), (X,)))]
     task = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "transpose")
-    assert tuning._design_space(task, target, ms, "rules") == ("post-order-apply", "evolve")
+    assert spaces.design_space(task, target, ms, "rules") == ("post-order-apply", "evolve")
     assert task.seeds and task.rule is not None
     ctx = ms.TuneContext(task.mod, target=target, space_generator="post-order-apply")
     (seed,), _ = tuning.measure_candidates(ctx, task.seeds)
@@ -238,7 +239,7 @@ def test_tasks_without_a_rule_space_measure_the_rules_schedule_first(tmp_path):
     assert tvm_ffi.structural_hash(seed.sch.mod) in candidate_hashes(key_dir(tmp_path))
     # stock MetaSchedule (the comparison baseline) is not seeded
     stock = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "transpose")
-    tuning._design_space(stock, target, ms, "default")
+    spaces.design_space(stock, target, ms, "default")
     assert stock.seeds == []
 
 

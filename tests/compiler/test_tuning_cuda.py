@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import sepconv
-from sepconv.compiler import tuning, tuning_db
+from sepconv.compiler import tuning
 from sepconv.compiler.importer import import_module
+from sepconv.compiler.tuning import database as tuning_db
+from sepconv.compiler.tuning import measure
 from sepconv.errors import DeviceError, TuningError
 from sepconv.targets import find_nvcc, resolve_target
 from tests.nets import tiny_separable
@@ -38,29 +40,6 @@ def test_the_arch_must_be_the_gpus(monkeypatch, tmp_path):
             tiny_separable(), "cuda", cuda_arch="sm_90", example_input=X, trials=2,
             tune_log=tmp_path,
         )  # fmt: skip
-
-
-def test_cheap_inspect_stack_gives_what_tvmscript_reads():
-    """Frames, files, lines and source lines as ``inspect.stack`` gives them (the tensor
-    intrinsics import with it in seconds instead of about a minute)."""
-    import inspect
-
-    def inner():
-        return inspect.stack()
-
-    def outer():
-        return inner()
-
-    original = inspect.stack
-    real = [(f.frame.f_code, f.filename, f.lineno, f.function, f.code_context) for f in outer()]
-    with tuning._cheap_inspect_stack():
-        assert inspect.stack is not original
-        cheap = [
-            (f.frame.f_code, f.filename, f.lineno, f.function, f.code_context) for f in outer()
-        ]
-    assert inspect.stack is original
-    assert [f[3] for f in cheap] == [f[3] for f in real]  # the same frames, outermost included
-    assert cheap[:2] == real[:2]  # inner, outer: same code, file, line and source line
 
 
 def _stand_in_gpu():
@@ -102,7 +81,7 @@ def _stand_in_gpu():
 def test_tuning_pipeline_with_a_stand_in_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr("sepconv.targets.gpu_compute_capability", lambda: "9.0")
     gpu = _stand_in_gpu()
-    monkeypatch.setattr(tuning, "make_runner", lambda device, measure: gpu)
+    monkeypatch.setattr(measure, "make_runner", lambda device, config: gpu)
     report = tuning.tune(
         tiny_separable(), "cuda", cuda_arch="sm_90", example_input=X, trials=4,
         tune_log=tmp_path, trials_per_iter=4, task_filter="conv2d", progress=False,

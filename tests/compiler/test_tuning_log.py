@@ -15,8 +15,8 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, te
 
-from sepconv.compiler import tuning_db
-from sepconv.compiler.tuning_db import (
+from sepconv.compiler.tuning import database as tuning_db
+from sepconv.compiler.tuning.database import (
     RECORD_FILE,
     WORKLOAD_FILE,
     TuneLog,
@@ -132,7 +132,7 @@ def test_damaged_lines_are_reported_by_file_and_line_and_skipped(tmp_path, caplo
         )
         + "\n"
     )
-    with caplog.at_level(logging.WARNING, logger="sepconv.compiler.tuning_db"):
+    with caplog.at_level(logging.WARNING, logger="sepconv.compiler.tuning.database"):
         db = open_database([tmp_path])
     report = db.report
     assert report.records == 3 and report.workloads == 2

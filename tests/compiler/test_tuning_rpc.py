@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import sepconv
-from sepconv.compiler import tuning_db
 from sepconv.compiler.tuning import MeasureConfig, tune
+from sepconv.compiler.tuning import database as tuning_db
 from sepconv.errors import DeviceError
 from sepconv.targets import resolve_target
 from tests.conftest import free_port

@@ -42,9 +42,10 @@ import platform
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sepconv.errors import TuningError
 
@@ -61,8 +62,11 @@ __all__ = [
     "LoadReport",
     "TuneLog",
     "apply_database",
+    "database_for_build",
     "log_dirs",
     "log_dir_for",
+    "mean_secs",
+    "normalize_for_database",
     "open_database",
     "shipped_log_dir",
 ]
@@ -147,6 +151,25 @@ def _is_record_line(obj) -> str | None:
     return None
 
 
+def _parse_line(line: str, check: Callable[[Any], str | None]) -> tuple[Any, str | None]:
+    """(the line's JSON, why it is not a valid line or None)."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return None, f"not JSON ({exc.msg}; truncated?)"
+    return obj, check(obj)
+
+
+def mean_secs(run_secs: Sequence[Any] | None) -> float | None:
+    """Mean of a measurement's run times; ``None`` for none or a failed measurement."""
+    if run_secs is None:
+        return None
+    secs = [float(s) for s in run_secs]
+    if not secs or max(secs) >= FAILED_RUN_SECS:
+        return None
+    return sum(secs) / len(secs)
+
+
 def compact_workload(workload_json: list) -> list:
     """``[hash, base64(uint64 length + indented JSON)]`` → the same module without the JSON's
     whitespace (TVM's loader reads both). Anything not in that form is returned unchanged."""
@@ -212,11 +235,7 @@ class TuneLog:
             workloads: list[list | None] = []
             for lineno, line in self._lines_of(self.workload_file):
                 where = f"{self.workload_file}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                    reason = _is_workload_line(obj)
-                except ValueError as exc:
-                    obj, reason = None, f"not JSON ({exc.msg}; truncated?)"
+                obj, reason = _parse_line(line, _is_workload_line)
                 if reason:
                     report.skipped.append(f"{where}: {reason}")
                     obj = None
@@ -224,11 +243,7 @@ class TuneLog:
             records: list[tuple[str, list]] = []
             for lineno, line in self._lines_of(self.record_file):
                 where = f"{self.record_file}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                    reason = _is_record_line(obj)
-                except ValueError as exc:
-                    obj, reason = None, f"not JSON ({exc.msg}; truncated?)"
+                obj, reason = _parse_line(line, _is_record_line)
                 if reason is None and not 0 <= obj[0] < len(workloads):
                     reason = f"names workload line {obj[0] + 1}, which does not exist"
                 elif reason is None and workloads[obj[0]] is None:
@@ -358,18 +373,13 @@ class TuneLog:
 
 def machine_description() -> dict:
     """CPU (and GPU) model of this machine, for provenance."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
+    from sepconv.targets.host import cpu_model_name, host_cpu_name
+
+    desc = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "machine": platform.machine()}
     try:
         from sepconv.targets import gpu_compute_capability, physical_cores
 
+        desc["llvm_cpu"] = host_cpu_name()
         desc["physical_cores"] = physical_cores()
         cc = gpu_compute_capability()
         if cc:
@@ -455,25 +465,12 @@ def _load_into(
                 report.records += 1
 
 
-def record_json(record) -> list:
-    """TVM's JSON form of a tuning record. TVM's Python conversion (``TuningRecord.as_json``)
-    raises on traces whose instructions carry an ``IndexMap`` (MetaSchedule's CUDA candidates:
-    ``transform_layout`` on tensor-core tiles); TVM's C++ ``JSONDatabase`` writes them, so such a
-    record goes through a scratch one and its line is read back."""
-    try:
-        return record.as_json()
-    except TypeError:
-        pass
-    ms = _ms()
-    with tempfile.TemporaryDirectory(prefix="sepconv-record-") as tmp:
-        scratch = ms.database.JSONDatabase(
-            path_workload=os.path.join(tmp, WORKLOAD_FILE),
-            path_tuning_record=os.path.join(tmp, RECORD_FILE),
-        )
-        scratch.commit_workload(record.workload.mod)
-        scratch.commit_tuning_record(record)
-        with open(os.path.join(tmp, RECORD_FILE)) as f:
-            return json.loads(f.readline())[1]
+def record_json(record: Any) -> list:
+    """TVM's JSON form of a tuning record (see :func:`sepconv.compiler.tvm_compat.record_as_json`
+    for the traces TVM's Python conversion cannot write)."""
+    from sepconv.compiler.tvm_compat import record_as_json
+
+    return record_as_json(record, WORKLOAD_FILE, RECORD_FILE)
 
 
 def _make_database_class():
@@ -506,8 +503,7 @@ def _make_database_class():
             self.inner.commit_tuning_record(record)
             if self.writer is None:
                 return
-            secs = [float(s) for s in record.run_secs] if record.run_secs is not None else []
-            if not secs or max(secs) >= FAILED_RUN_SECS:
+            if mean_secs(record.run_secs) is None:
                 return
             self.writer.append(record.workload.as_json(), record_json(record))
             self.appended += 1
@@ -580,11 +576,12 @@ def open_database(
 # Applying records in a build
 
 
-def normalize_for_database(func):
-    """The workload key of a fused PrimFunc: what MetaSchedule's task extraction stores."""
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+def normalize_for_database(func: Any) -> Any:
+    """The workload key of a fused PrimFunc: what MetaSchedule's task extraction stores
+    (:func:`sepconv.compiler.tvm_compat.normalize_workload`)."""
+    from sepconv.compiler.tvm_compat import normalize_workload
 
-    return _normalize_mod(func)
+    return normalize_workload(func)
 
 
 def apply_database(mod, target, database) -> tuple[object, list[str]]:

@@ -1,0 +1,258 @@
+"""The TVM workarounds of :mod:`sepconv.compiler.tvm_compat`: per workaround, that the TVM
+behaviour it exists for is still there, and that what it patches is restored.
+
+A failure in a ``test_tvm_still_…`` test after a TVM upgrade means the upgrade changed what the
+workaround relies on: read the workaround's docstring ("Obsolete when"/"Wrong when"), then remove
+or fix it, and this test with it.
+
+Workarounds for TVM 0.27 that live elsewhere (the rooms below ``compiler/`` do not import it),
+each documented where it is:
+
+- ``schedules/target_params.py``: x86 vector width from CPU feature flags
+  (``llvm_get_vector_width`` answers 512 for every x86 CPU).
+- ``schedules/triton_embed.py``: ``CrossTritonKernel`` (Triton compiled without a GPU, CUDA
+  module without a driver, constexpr/scratch arguments, unique kernel names).
+- ``schedules/gpu.py``: ``verify_gpu_kernels`` (TVM lets a GPU function without thread
+  bindings through as host code).
+- ``targets/cuda_embed.py``: CUDA binaries inside ``CUDAFallbackModule`` sources, load-time
+  ``tvm_callback_cuda_compile`` hook.
+- ``targets/triple.py``: ``configure_cuda_jit`` (NVRTC needs cuda-bindings, else nvcc),
+  ``_cuda_source_modules`` (fallback modules hold source, not kernels).
+- ``compiler/costs.py``: a hand-written SBlock walk (no TIR statement visitor in Python).
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+from tvm.s_tir import Schedule
+
+from sepconv.compiler import tvm_compat
+from sepconv.targets import resolve_target
+
+
+def _matmul():
+    a = te.placeholder((8, 8), name="A")
+    b = te.placeholder((8, 8), name="B")
+    k = te.reduce_axis((0, 8), name="k")
+    c = te.compute((8, 8), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    return te.create_prim_func([a, b, c])
+
+
+def test_written_for_the_installed_tvm():
+    """The workarounds were checked against these versions: an upgrade re-checks them all."""
+    from importlib.metadata import version
+
+    assert version("apache-tvm") == tvm_compat.TVM_VERSION
+    assert version("apache-tvm-ffi") == tvm_compat.TVM_FFI_VERSION
+
+
+# -- light_tensor_intrinsics
+
+
+def test_tvm_still_imports_every_tensor_intrinsic_in_tune_context():
+    from tvm.s_tir.meta_schedule import TuneContext
+
+    assert "import tvm.s_tir.tensor_intrin" in inspect.getsource(TuneContext.__init__)
+
+
+LIGHT_IMPORT = """
+import sys
+from sepconv.compiler import tvm_compat
+from sepconv.targets import resolve_target
+from tvm.s_tir import TensorIntrin
+name = tvm_compat.TENSOR_INTRIN
+assert name not in sys.modules
+with tvm_compat.light_tensor_intrinsics(resolve_target("host").target):
+    stub = sys.modules[name]
+    assert stub.__spec__ is None, "the real package was imported"
+    assert TensorIntrin.get("dot_16x4_avx512", allow_missing=True) is not None  # x86's
+    assert TensorIntrin.get("dot_4x4_i8i8s32_neon", allow_missing=True) is not None  # ARM's
+    assert name + ".cuda" not in sys.modules
+assert name not in sys.modules, "the stand-in was left in sys.modules"
+import tvm.s_tir
+assert getattr(tvm.s_tir, "tensor_intrin", None) is not stub
+print("OK")
+"""
+
+
+def test_light_tensor_intrinsics_registers_cpu_ones_and_removes_its_stand_in():
+    out = subprocess.run(
+        [sys.executable, "-c", LIGHT_IMPORT], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# -- cheap_inspect_stack
+
+
+def test_tvm_still_calls_inspect_stack_to_parse_a_prim_func():
+    from tvm.tirx.script.parser import entry
+
+    assert "inspect.stack()" in inspect.getsource(entry)
+
+
+def test_cheap_inspect_stack_gives_what_tvmscript_reads():
+    """Frames, files, lines and source lines as ``inspect.stack`` gives them (the tensor
+    intrinsics import with it in seconds instead of about a minute)."""
+    import inspect
+
+    def inner():
+        return inspect.stack()
+
+    def outer():
+        return inner()
+
+    original = inspect.stack
+    real = [(f.frame.f_code, f.filename, f.lineno, f.function, f.code_context) for f in outer()]
+    with tvm_compat.cheap_inspect_stack():
+        assert inspect.stack is not original
+        cheap = [
+            (f.frame.f_code, f.filename, f.lineno, f.function, f.code_context) for f in outer()
+        ]
+    assert inspect.stack is original
+    assert [f[3] for f in cheap] == [f[3] for f in real]  # the same frames, outermost included
+    assert cheap[:2] == real[:2]  # inner, outer: same code, file, line and source line
+
+
+# -- forced_categorical_decisions
+
+
+def test_tvm_still_honours_a_sampling_decision():
+    params = inspect.signature(Schedule.sample_categorical).parameters
+    assert list(params)[1:] == ["candidates", "probs", "decision"]
+    sch = Schedule(_matmul())
+    assert int(sch.get(sch.sample_categorical([2, 4, 8], [0.2, 0.3, 0.5], decision=2))) == 8
+
+
+def test_forced_decisions_are_forced_counted_scoped_and_restored():
+    original = Schedule.sample_categorical
+    sch = Schedule(_matmul())
+    other: list[int] = []
+
+    def sample_elsewhere() -> None:  # another thread: TVM's behaviour, not counted
+        s = Schedule(_matmul())
+        other.append(int(s.get(s.sample_categorical([2, 4, 8], [1.0, 0.0, 0.0]))))
+
+    with tvm_compat.forced_categorical_decisions([2, 4]) as seen:
+        assert Schedule.sample_categorical is not original
+        a = int(sch.get(sch.sample_categorical([2, 4, 8], [1.0, 0.0, 0.0])))
+        b = int(sch.get(sch.sample_categorical([16, 32], [1.0, 0.0])))  # 4 % 2 = 0
+        c = int(sch.get(sch.sample_categorical([3, 5], [0.0, 1.0])))  # not forced: sampled
+        t = threading.Thread(target=sample_elsewhere)
+        t.start()
+        t.join()
+        with tvm_compat.forced_categorical_decisions([1]) as inner:
+            d = int(sch.get(sch.sample_categorical([7, 9], [1.0, 0.0])))
+        assert Schedule.sample_categorical is not original  # the outer block still forces
+        e = int(sch.get(sch.sample_categorical([7, 9], [1.0, 0.0])))
+    assert (a, b, c, d, e) == (8, 16, 5, 9, 7)
+    assert seen == [3, 2, 2, 2] and inner == [2]
+    assert other == [2]
+    assert Schedule.sample_categorical is original
+
+
+def test_forced_decisions_restore_after_an_error():
+    original = Schedule.sample_categorical
+    with pytest.raises(RuntimeError), tvm_compat.forced_categorical_decisions([0]):
+        raise RuntimeError("a rule that fails")
+    assert Schedule.sample_categorical is original
+
+
+# -- lazy_xgb_model
+
+
+class _Features:
+    """A feature extractor stand-in: one 4-feature row per candidate."""
+
+    def extract_from(self, context, candidates):
+        return [types.SimpleNamespace(numpy=lambda: np.ones((1, 4))) for _ in candidates]
+
+
+def _update(model, n: int = 2) -> None:
+    context = types.SimpleNamespace(mod=tvm.IRModule({"main": _matmul()}))
+    results = [types.SimpleNamespace(run_secs=[1e-3 * (i + 1)]) for i in range(n)]
+    model.update(context, [object()] * n, results)
+
+
+def test_tvm_still_trains_xgboost_before_its_warm_up():
+    from tvm.s_tir.meta_schedule.cost_model import XGBModel
+
+    trained = []
+
+    class Counting(XGBModel._cls):  # the private class the workaround subclasses
+        def _train(self, xs, ys):
+            trained.append(self.data_size)
+
+    model = Counting(num_tuning_cores=1, adaptive_training=True)
+    model.extractor = _Features()
+    _update(model)
+    assert model.data_size == 2 < model.num_warmup_samples
+    assert trained == [2], "XGBModel no longer trains before its warm-up: drop lazy_xgb_model"
+    predicted = model.predict(None, [object()] * 3)  # random scores until the warm-up
+    assert predicted.shape == (3,)
+
+
+def test_lazy_xgb_model_skips_the_trainings_before_its_warm_up():
+    model = tvm_compat.lazy_xgb_model(1)
+    inst = model._inst  # the Python object behind TVM's derived-object wrapper
+    inst.extractor = _Features()
+    _update(inst)
+    assert inst.data_size == 2 and inst.booster is None and inst.last_train_size == 0
+    assert inst.adaptive_training and inst.config.nthread == 1
+
+
+# -- record_as_json
+
+
+def _record_with_an_index_map():
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = tvm.IRModule({"main": _matmul()})
+    sch = Schedule(mod)
+    sch.transform_layout(sch.get_sblock("C"), ("write", 0), lambda i, j: (j, i))
+    return ms.database.TuningRecord(
+        sch.trace,
+        ms.database.Workload(mod),
+        run_secs=[1e-3],
+        target=resolve_target("host").target,
+        args_info=ms.arg_info.ArgInfo.from_prim_func(mod["main"]),
+    )
+
+
+def test_tvm_still_cannot_write_a_trace_with_an_index_map_from_python():
+    with pytest.raises(TypeError):
+        _record_with_an_index_map().as_json()
+
+
+def test_record_as_json_writes_it_through_tvms_json_database():
+    from tvm.s_tir import meta_schedule as ms
+
+    record = _record_with_an_index_map()
+    line = tvm_compat.record_as_json(record, "w.json", "r.json")
+    again = ms.database.TuningRecord.from_json(line, record.workload)
+    assert [float(s) for s in again.run_secs] == [1e-3]
+    assert any(i.kind.name == "TransformLayout" for i in again.trace.insts)
+
+
+# -- normalize_workload
+
+
+def test_normalize_workload_is_what_tune_context_stores():
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    func = _matmul()
+    key = tvm_compat.normalize_workload(func)
+    assert list(key["main"].attrs.keys()) and key["main"].attrs["tirx.noalias"]
+    with tvm_compat.light_tensor_intrinsics(resolve_target("host").target):
+        ctx = ms.TuneContext(func, target=resolve_target("host").target)
+    assert tvm_ffi.structural_equal(ctx.mod, key)
