@@ -30,18 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sepconv.timing import Timing, time_call
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def median_us(fn, runs: int, warmup: int = 10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    """Median µs of ``fn()`` by the shared timer (:func:`sepconv.timing.time_call`)."""
+    return time_call(fn, warmup=warmup, runs=runs).median_us
 
 
 def copy_bandwidth_gbs(nbytes: int, runs: int = 30) -> float:
@@ -108,7 +104,7 @@ class Kernel:
         import tvm
 
         timer = self.lib.time_evaluator("main", tvm.cpu(), number=10, repeat=runs)
-        return float(np.median(timer(*self.args).results)) * 1e6
+        return Timing.from_evaluator(timer, *self.args).median_us
 
 
 def _params(module):

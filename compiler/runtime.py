@@ -1,11 +1,26 @@
-"""Load an artifact and run it: ``CompiledModel(x)`` with numpy or torch in, same kind out."""
+"""Load an artifact and run it: ``CompiledModel(x)`` with numpy or torch in, same kind out.
+
+One class whatever the device: this machine's CPU or CUDA GPU, or a TVM RPC device
+(``rpc://HOST:PORT[/KEY]``, ``tracker://HOST:PORT/KEY``; :mod:`sepconv.targets.devices` connects).
+A remote artifact's library is uploaded and its weights sent once, when the model loads::
+
+    model = load("build/mbv2-arm", device="tracker://tracker.lab:9190/rpi4")
+    y = model(x)                          # outputs fetched back as numpy (or torch)
+    t = model.time(x, runs=50)            # {"median_ms", "p10_ms", "p90_ms", "runs", ...}
+    model.close()                         # or: with load(...) as model: ...
+
+Timings come from TVM's time evaluator where the code runs (the device, network excluded), as a
+:class:`sepconv.timing.Timing` (:meth:`CompiledModel.timing`) or its dict
+(:meth:`CompiledModel.time`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +32,7 @@ from sepconv.compiler.artifact import (
     read_manifest,
 )
 from sepconv.errors import ArtifactError, DeviceError, InputError
+from sepconv.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +51,9 @@ def _tvm_device(kind: str):
                 "(tvm.cuda(0) does not exist); run it on a machine with an NVIDIA GPU and driver"
             )
         return dev
-    raise DeviceError(f"unknown device {kind!r}; use 'cpu' or 'cuda'")
+    raise DeviceError(
+        f"unknown device {kind!r}; use 'cpu', 'cuda', rpc://HOST:PORT or tracker://HOST:PORT/KEY"
+    )
 
 
 def _load_cuda_runtime() -> str | None:
@@ -106,45 +124,104 @@ def _prepare_cuda_load(manifest: Manifest) -> None:
     from sepconv.targets.cuda_embed import install_compile_hook
 
     if manifest.build.get("cuda_kernels") != "binary":
-        from sepconv.targets.triple import configure_cuda_jit
+        from sepconv.targets.cuda_toolchain import configure_cuda_jit
 
         configure_cuda_jit(required=True)
     install_compile_hook()
 
 
-class CompiledModel:
-    """A compiled model ready to run. Build one with :func:`sepconv.load`."""
+LOCAL_NAMES = ("local", "localhost", "host", "")
+"""Device spellings that mean this machine (the artifact's own default device)."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: str | None = None):
+
+def _remote_device(device: Any):
+    """The :class:`~sepconv.targets.devices.Device` ``device`` names when it is remote
+    (``rpc://``, ``tracker://``, or a Device), else None (``cpu``, ``cuda``, ``local``, None)."""
+    if device is None or (isinstance(device, str) and "://" not in device):
+        return None
+    from sepconv.targets.devices import parse_device
+
+    parsed = parse_device(device)
+    return None if parsed.is_local else parsed
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:300] if text else type(exc).__name__
+
+
+class CompiledModel:
+    """A compiled model ready to run, here or on a remote device. Build one with
+    :func:`sepconv.load` (``device=`` ``"cpu"``, ``"cuda"``, ``"rpc://HOST:PORT"`` or
+    ``"tracker://HOST:PORT/KEY"``; default: the artifact's own, on this machine)."""
+
+    def __init__(self, root: Path, manifest: Manifest, device: Any = None, session: Any = None):
         import tvm
         from safetensors.numpy import load_file
         from tvm.runtime.vm import VirtualMachine
 
         self.path = root
         self.manifest = manifest
+        self._sess = None
         family = manifest.target.get("family", "x86")
-        default_device = "cuda" if family == "cuda" else "cpu"
-        self.device = device or default_device
-        if family != "cuda" and self.device != "cpu":
-            raise DeviceError(f"{root} was compiled for the CPU; load it with device='cpu'")
-        if family == "cuda" and self.device != "cuda":
-            raise DeviceError(f"{root} was compiled for CUDA; load it with device='cuda'")
-        check_runs_here(root, manifest)
-        self._dev = _tvm_device(self.device)
-        if family == "cuda":
-            _prepare_cuda_load(manifest)
-        try:
-            lib = tvm.runtime.load_module(str(root / LIBRARY))
-        except Exception as exc:
-            raise ArtifactError(
-                f"cannot load {root / LIBRARY}: {exc}; recompile the model"
-            ) from exc
+        remote = self.remote = _remote_device(device)
+        if remote is not None:
+            self.device = str(remote)
+            lib = self._load_remote(remote, session)
+        else:
+            if not isinstance(device, str) or device.strip().lower() in LOCAL_NAMES:
+                device = None  # "local", Device("local"): the artifact's own device here
+            default_device = "cuda" if family == "cuda" else "cpu"
+            self.device = device or default_device
+            if family != "cuda" and self.device != "cpu":
+                raise DeviceError(f"{root} was compiled for the CPU; load it with device='cpu'")
+            if family == "cuda" and self.device != "cuda":
+                raise DeviceError(f"{root} was compiled for CUDA; load it with device='cuda'")
+            check_runs_here(root, manifest)
+            self._dev = _tvm_device(self.device)
+            if family == "cuda":
+                _prepare_cuda_load(manifest)
+            try:
+                lib = tvm.runtime.load_module(str(root / LIBRARY))
+            except Exception as exc:
+                raise ArtifactError(
+                    f"cannot load {root / LIBRARY}: {exc}; recompile the model"
+                ) from exc
         self._vm = VirtualMachine(lib, self._dev)
         weights = load_file(str(root / WEIGHTS))
         missing = [n for n in manifest.weight_names if n not in weights]
         if missing:
             raise ArtifactError(f"{root / WEIGHTS} lacks weights {missing[:3]}; recompile")
         self._params = [tvm.runtime.tensor(weights[n], self._dev) for n in manifest.weight_names]
+
+    def _load_remote(self, remote: Any, session: Any):
+        """Upload the library to ``remote`` (an RPC session, opened unless given) and load it
+        there; the architecture check is the device's (it fails to load a foreign library)."""
+        from sepconv.targets.devices import connect
+
+        if self.manifest.target.get("family") == "cuda":
+            raise DeviceError(
+                f"{self.path} is a CUDA artifact; running it over RPC is not supported yet — "
+                "copy it to the GPU machine and use sepconv.load there"
+            )
+        self._sess = session if session is not None else connect(remote)
+        remote_name = f"sepconv-{os.getpid()}-{id(self)}.so"
+        try:
+            self._sess.upload(str(self.path / LIBRARY), remote_name)
+            lib = self._sess.load_module(remote_name)
+        except Exception as exc:  # noqa: BLE001 - TVM raises plain errors
+            raise DeviceError(
+                f"{remote} could not load {self.path / LIBRARY} ({_last_line(exc)}); was "
+                f"the artifact compiled for the device's architecture (it is "
+                f"{self.manifest.arch})?"
+            ) from exc
+        self._dev = self._sess.cpu(0)
+        return lib
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the model runs on an RPC device (``remote`` is that Device)."""
+        return self.remote is not None
 
     @property
     def inputs(self):
@@ -153,6 +230,22 @@ class CompiledModel:
     @property
     def outputs(self):
         return self.manifest.outputs
+
+    def close(self) -> None:
+        """Release the VM and weights now; on a remote device this ends the RPC session (a TVM
+        RPC server serves one session at a time, and the VM's internal reference cycles would
+        otherwise keep it open until garbage collection)."""
+        import gc
+
+        self._vm = self._params = self._dev = self._sess = None
+        if self.is_remote:
+            gc.collect()
+
+    def __enter__(self) -> CompiledModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in self.inputs)
@@ -195,16 +288,24 @@ class CompiledModel:
             arrays.append(np.ascontiguousarray(arg))
         return arrays
 
-    def _run(self, arrays: list[np.ndarray]):
+    def _tensors(self, args: Sequence) -> list:
         import tvm
 
-        tensors = [tvm.runtime.tensor(a, self._dev) for a in arrays]
-        out = self._vm["main"](*tensors, *self._params)
-        return out
+        return [tvm.runtime.tensor(a, self._dev) for a in self._check(args)]
+
+    def _run(self, args: Sequence):
+        tensors = self._tensors(args)
+        if not self.is_remote:
+            return self._vm["main"](*tensors, *self._params)
+        # over RPC the VM's return value is a remote object: fetch outputs one by one
+        self._vm.set_input("main", *tensors, *self._params)
+        self._vm.invoke_stateful("main")
+        out = self._vm.get_outputs("main")
+        return list(out) if isinstance(out, tuple) else out
 
     def __call__(self, *args):
         torch_in = any(hasattr(a, "detach") and hasattr(a, "cpu") for a in args)
-        out = self._run(self._check(args))
+        out = self._run(args)
         results = [o.numpy() for o in out] if not hasattr(out, "numpy") else [out.numpy()]
         if torch_in:
             import torch
@@ -212,29 +313,60 @@ class CompiledModel:
             results = [torch.from_numpy(r) for r in results]
         return results[0] if len(results) == 1 else tuple(results)
 
-    def time(self, *args, warmup: int = 10, runs: int = 50) -> dict:
-        """Latency in ms over ``runs`` calls after ``warmup`` (TVM's time evaluator, on device)."""
-        import tvm
-
-        tensors = [tvm.runtime.tensor(a, self._dev) for a in self._check(args)]
-        self._vm.set_input("main", *tensors, *self._params)
+    def timing(self, *args, warmup: int = 10, runs: int = 50) -> Timing:
+        """Latency over ``runs`` calls after ``warmup``, timed by TVM's time evaluator where the
+        model runs (on the device for a remote one, network excluded)."""
+        self._vm.set_input("main", *self._tensors(args), *self._params)
+        for _ in range(warmup):
+            self._vm.invoke_stateful("main")
         evaluator = self._vm.time_evaluator(
             "invoke_stateful", self._dev, number=1, repeat=runs, min_repeat_ms=0
         )
-        for _ in range(warmup):
-            self._vm.invoke_stateful("main")
-        samples = [s * 1e3 for s in evaluator("main").results]
-        samples.sort()
-        return {
-            "median_ms": statistics.median(samples),
-            "p10_ms": samples[int(0.1 * (len(samples) - 1))],
-            "p90_ms": samples[int(0.9 * (len(samples) - 1))],
-            "runs": len(samples),
-            "threads": int(os.environ.get("TVM_NUM_THREADS", "0")) or None,
-        }
+        return Timing.from_evaluator(evaluator, "main")
+
+    def time(self, *args, warmup: int = 10, runs: int = 50) -> dict:
+        """:meth:`timing` as ``{"median_ms", "p10_ms", "p90_ms", "runs", "threads", "device"}``
+        (``threads``: this machine's ``TVM_NUM_THREADS``, None when unset or remote)."""
+        threads = None if self.is_remote else int(os.environ.get("TVM_NUM_THREADS", "0")) or None
+        t = self.timing(*args, warmup=warmup, runs=runs)
+        return {**t.to_dict(), "threads": threads, "device": self.device}
 
 
-def load(path: str | os.PathLike, device: str | None = None) -> CompiledModel:
-    """Verify an artifact (manifest, checksums, architecture) and make it callable."""
+def load(path: str | os.PathLike, device: Any = None, session: Any = None) -> CompiledModel:
+    """Verify an artifact (manifest, checksums, architecture) and make it callable on
+    ``device``: ``"cpu"``/``"cuda"``/``"local"``/None on this machine, ``rpc://HOST:PORT[/KEY]``
+    or ``tracker://HOST:PORT/KEY`` (or a :class:`~sepconv.targets.devices.Device`) remotely;
+    ``session`` reuses an open RPC session for a remote device."""
     root, manifest = read_manifest(path)
-    return CompiledModel(root, manifest, device)
+    return CompiledModel(root, manifest, device, session)
+
+
+def run_artifact(path: str | os.PathLike, device: Any, inputs: Sequence) -> object:
+    """Run an artifact once on ``device``; outputs as numpy arrays (a tuple if several)."""
+    with load(path, device) as model:
+        return model(*inputs)
+
+
+def time_artifact(
+    path: str | os.PathLike,
+    device: Any = "local",
+    runs: int = 50,
+    warmup: int = 10,
+    inputs: Sequence | None = None,
+    seed: int = 0,
+) -> dict:
+    """Time an artifact on ``device``: ``{"median_ms", "p10_ms", "p90_ms", "runs", "device",
+    ...}`` (``device`` as spelled by :func:`~sepconv.targets.devices.parse_device`).
+
+    ``inputs`` default to seeded random arrays of the artifact's input shapes. On a remote device
+    the time is measured there (TVM's time evaluator), not including the network.
+    """
+    from sepconv.compiler.validation import seeded_inputs
+    from sepconv.targets.devices import parse_device
+
+    with load(path, device) as model:
+        arrays = list(inputs) if inputs is not None else seeded_inputs(model.inputs, seed)
+        result = model.time(*arrays, warmup=warmup, runs=runs)
+    if device is None or str(device).strip().lower() in LOCAL_NAMES:
+        result["device"] = str(parse_device(device))  # "local", as the caller spelled it
+    return result

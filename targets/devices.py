@@ -14,32 +14,28 @@ Every network step has a time limit: a port that refuses, a host that does not a
 without a server for the key, all raise :class:`~sepconv.errors.DeviceError` naming the host, the
 port and what to check, never hang. Use::
 
-    from sepconv.targets.devices import parse_device, session, time_artifact, run_artifact
+    from sepconv.targets.devices import parse_device, session
 
     dev = parse_device("tracker://127.0.0.1:9190/rpi4")
     with session(dev) as sess:              # an RPCSession (a LocalSession for "local")
         print(sess.cpu(0).exist)
-    t = time_artifact("build/mbv2.sepconv", dev, runs=50)   # {"median_ms": ..., ...}
-    y = run_artifact("build/mbv2.sepconv", dev, [x])        # outputs as numpy arrays
 
-Artifacts compiled for another architecture (``--target aarch64-linux-gnu``) are uploaded to the
-device and loaded there; the weights are sent once per session.
+This module describes devices and connects to them; it knows nothing of what runs there.
+Running an artifact on a device is the runtime's job (:mod:`sepconv.compiler.runtime`:
+``load(path, device=dev)``, ``run_artifact``, ``time_artifact``): a library compiled for another
+architecture (``--target aarch64-linux-gnu``) is uploaded to the device and loaded there, the
+weights sent once per session.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import socket
-import statistics
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 
 from sepconv.errors import DeviceError
 
@@ -57,12 +53,11 @@ FORMS = "local, rpc://HOST:PORT or tracker://HOST:PORT/KEY"
 
 __all__ = [
     "Device",
-    "RemoteModel",
     "check_device",
+    "connect",
+    "count_servers",
     "parse_device",
-    "run_artifact",
     "session",
-    "time_artifact",
 ]
 
 
@@ -330,172 +325,3 @@ def count_servers(device: Device, timeout: float = CONNECT_TIMEOUT_S) -> int:
     if device.kind != "tracker":
         return 1
     return _tracker_keys(tracker_summary(device, timeout)).get(device.key, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Running compiled artifacts on a device
-
-
-class RemoteModel:
-    """An artifact loaded on a device (local or over RPC): ``model(x)``, ``model.time(x)``.
-
-    Works like :class:`sepconv.compiler.runtime.CompiledModel` (same ``inputs``/``outputs``/
-    ``manifest``), so :func:`sepconv.compiler.validation.validate_against` accepts it. The
-    library is uploaded and the weights sent once, when the model is created.
-    """
-
-    def __init__(self, path: str | os.PathLike, device: Device | str, sess=None):
-        import tvm
-        from safetensors.numpy import load_file
-        from tvm import relax
-
-        from sepconv.compiler.artifact import LIBRARY, WEIGHTS, read_manifest
-
-        self.device = parse_device(device)
-        self.path, self.manifest = read_manifest(path)
-        if self.manifest.target.get("family") == "cuda":
-            raise DeviceError(
-                f"{self.path} is a CUDA artifact; running it over RPC is not supported yet — "
-                "copy it to the GPU machine and use sepconv.load there"
-            )
-        self._sess = sess if sess is not None else connect(self.device)
-        remote_name = f"sepconv-{os.getpid()}-{id(self)}.so"
-        try:
-            self._sess.upload(str(self.path / LIBRARY), remote_name)
-            lib = self._sess.load_module(remote_name)
-        except Exception as exc:  # noqa: BLE001
-            raise DeviceError(
-                f"{self.device} could not load {self.path / LIBRARY} ({_last_line(exc)}); was "
-                f"the artifact compiled for the device's architecture (it is "
-                f"{self.manifest.arch})?"
-            ) from exc
-        self._dev = self._sess.cpu(0)
-        self._vm = relax.VirtualMachine(lib, self._dev)
-        weights = load_file(str(self.path / WEIGHTS))
-        self._params = [
-            tvm.runtime.tensor(weights[n], self._dev) for n in self.manifest.weight_names
-        ]
-
-    @property
-    def inputs(self):
-        return self.manifest.inputs
-
-    @property
-    def outputs(self):
-        return self.manifest.outputs
-
-    def close(self) -> None:
-        """End the RPC session now (a TVM RPC server serves one session at a time; the VM's
-        internal reference cycles would otherwise keep it open until garbage collection)."""
-        import gc
-
-        self._vm = self._params = self._dev = self._sess = None
-        gc.collect()
-
-    def __enter__(self) -> RemoteModel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RemoteModel({self.manifest.model.get('name')!r}, device={str(self.device)!r})"
-
-    def _tensors(self, arrays: Sequence[np.ndarray]):
-        import tvm
-
-        if len(arrays) != len(self.inputs):
-            raise DeviceError(f"the model takes {len(self.inputs)} input(s), got {len(arrays)}")
-        out = []
-        for a, spec in zip(arrays, self.inputs):
-            a = a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
-            if tuple(a.shape) != tuple(spec.shape) or str(a.dtype) != spec.dtype:
-                raise DeviceError(
-                    f"input {spec.name!r} must be {spec.dtype}{list(spec.shape)}, got "
-                    f"{a.dtype}{list(a.shape)}"
-                )
-            out.append(tvm.runtime.tensor(np.ascontiguousarray(a), self._dev))
-        return out
-
-    def __call__(self, *arrays):
-        torch_in = any(hasattr(a, "detach") for a in arrays)
-        # over RPC the VM's return value is a remote object: fetch outputs one by one
-        self._vm.set_input("main", *self._tensors(arrays), *self._params)
-        self._vm.invoke_stateful("main")
-        out = self._vm.get_outputs("main")
-        results = [o.numpy() for o in out] if isinstance(out, tuple) else [out.numpy()]
-        if torch_in:
-            import torch
-
-            results = [torch.from_numpy(r) for r in results]
-        return results[0] if len(results) == 1 else tuple(results)
-
-    def time(self, *arrays, warmup: int = 3, runs: int = 20) -> dict:
-        """Latency in ms over ``runs`` calls, timed on the device (TVM's time evaluator)."""
-        self._vm.set_input("main", *self._tensors(arrays), *self._params)
-        for _ in range(warmup):
-            self._vm.invoke_stateful("main")
-        evaluator = self._vm.time_evaluator(
-            "invoke_stateful", self._dev, number=1, repeat=runs, min_repeat_ms=0
-        )
-        samples = sorted(s * 1e3 for s in evaluator("main").results)
-        return {
-            "median_ms": statistics.median(samples),
-            "p10_ms": samples[int(0.1 * (len(samples) - 1))],
-            "p90_ms": samples[int(0.9 * (len(samples) - 1))],
-            "runs": len(samples),
-            "device": str(self.device),
-        }
-
-
-def load_on(path: str | os.PathLike, device: Device | str):
-    """An artifact ready to run on ``device``: a CompiledModel for local, else a RemoteModel."""
-    device = parse_device(device)
-    if device.is_local:
-        from sepconv.compiler.runtime import load
-
-        return load(path)
-    return RemoteModel(path, device)
-
-
-def run_artifact(path: str | os.PathLike, device: Device | str, inputs: Sequence) -> object:
-    """Run an artifact once on ``device``; outputs as numpy arrays (a tuple if several)."""
-    model = load_on(path, device)
-    try:
-        return model(*inputs)
-    finally:
-        if isinstance(model, RemoteModel):
-            model.close()
-
-
-def time_artifact(
-    path: str | os.PathLike,
-    device: Device | str = "local",
-    runs: int = 50,
-    warmup: int = 10,
-    inputs: Sequence | None = None,
-    seed: int = 0,
-) -> dict:
-    """Time an artifact on ``device``: ``{"median_ms", "p10_ms", "p90_ms", "runs", ...}``.
-
-    ``inputs`` default to seeded random arrays of the artifact's input shapes. On a remote device
-    the time is measured there (TVM's time evaluator), not including the network.
-    """
-    from sepconv.compiler.validation import seeded_inputs
-
-    model = load_on(path, device)
-    try:
-        arrays = list(inputs) if inputs is not None else seeded_inputs(model.inputs, seed)
-        result = model.time(*arrays, warmup=warmup, runs=runs)
-    finally:
-        if isinstance(model, RemoteModel):
-            model.close()
-    result.setdefault("device", str(parse_device(device)))
-    return result
-
-
-def library_path(path: str | os.PathLike) -> Path:
-    """The compiled library inside an artifact directory."""
-    from sepconv.compiler.artifact import LIBRARY, artifact_path
-
-    return artifact_path(path) / LIBRARY

@@ -10,7 +10,7 @@
 #
 # Then, on the host:
 #   sepconv compile mobilenet_v2:0.35@96 --target aarch64-linux-gnu -o build/mbv2-arm
-#   python -c 'from sepconv.targets.devices import time_artifact as t;
+#   python -c 'from sepconv.compiler.runtime import time_artifact as t;
 #              print(t("build/mbv2-arm", "rpc://127.0.0.1:9091", runs=5))'
 #   sepconv tune mobilenet_v2:0.35@96 --target aarch64-linux-gnu --device rpc://127.0.0.1:9091
 #

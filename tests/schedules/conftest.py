@@ -26,7 +26,7 @@ def require_runs_here(target) -> None:
 
 
 def lower(model: torch.nn.Module, x: torch.Tensor, target):
-    from sepconv.schedules.bench_cpu import lower_to_tir
+    from sepconv.compiler.debug import lower_to_tir
 
     return lower_to_tir(model.eval(), x, target)
 
@@ -56,11 +56,11 @@ def run_primfunc(func, target, seed: int = 0) -> np.ndarray:
 def run_vm(mod, target, x: torch.Tensor) -> np.ndarray:
     import tvm
 
-    from sepconv.schedules.bench_cpu import _first_tensor, build_vm
+    from sepconv.compiler.debug import build_vm, first_tensor
 
     require_runs_here(target)
     vm = build_vm(mod, target)
-    return _first_tensor(vm["main"](tvm.runtime.tensor(x.numpy())))
+    return first_tensor(vm["main"](tvm.runtime.tensor(x.numpy())))
 
 
 @pytest.fixture(scope="session")

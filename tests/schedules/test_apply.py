@@ -106,7 +106,7 @@ def test_aarch64_neon_schedules_and_builds(zoo_mod):
     """Cross target: 4-lane NEON vectors, built on this machine (not run)."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from sepconv.schedules.bench_cpu import build_vm  # noqa: F401  (same pipeline as the bench)
+    from sepconv.compiler.debug import build_vm  # noqa: F401  (same pipeline as the bench)
 
     mod, _, _ = zoo_mod
     arm = tvm.target.Target(

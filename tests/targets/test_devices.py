@@ -9,16 +9,9 @@ import time
 import numpy as np
 import pytest
 
+from sepconv.compiler.runtime import load, run_artifact, time_artifact
 from sepconv.errors import DeviceError
-from sepconv.targets.devices import (
-    Device,
-    RemoteModel,
-    check_device,
-    connect,
-    parse_device,
-    run_artifact,
-    time_artifact,
-)
+from sepconv.targets.devices import Device, check_device, connect, parse_device
 from tests.conftest import free_port
 
 
@@ -123,7 +116,7 @@ def test_run_and_time_an_artifact_over_rpc(tiny_artifact, rpc_server):
     np.testing.assert_allclose(remote_y, local(*x), rtol=1e-5, atol=1e-6)
     t = time_artifact(path, rpc_server, runs=5, warmup=1)
     assert t["median_ms"] > 0 and t["runs"] == 5 and t["device"] == rpc_server
-    with RemoteModel(path, rpc_server) as m:  # one upload, several calls
+    with load(path, rpc_server) as m:  # one upload, several calls
         np.testing.assert_allclose(m(*x), remote_y)
         assert m.time(*x, runs=3, warmup=1)["runs"] == 3
     assert time_artifact(path, "local", runs=3, warmup=1)["median_ms"] > 0
@@ -133,7 +126,7 @@ def test_validate_an_artifact_on_a_remote_device(tiny_artifact, rpc_server):
     from sepconv.compiler.validation import validate_against
 
     path, model = tiny_artifact
-    with RemoteModel(path, rpc_server) as m:
+    with load(path, rpc_server) as m:
         report = validate_against(m, model, model_name="tiny", num_inputs=2)
     assert report.passed, report.summary()
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 import sepconv
-from sepconv.compiler import tuning_db
+from sepconv.compiler.runtime import load
+from sepconv.compiler.tuning import database as tuning_db
 from sepconv.compiler.validation import validate_against
 from sepconv.errors import ArtifactError
 from sepconv.models import get_model
-from sepconv.targets.devices import Device, RemoteModel, count_servers
+from sepconv.targets.devices import Device, count_servers
 from tests.targets.test_devices import free_port
 
 pytestmark = pytest.mark.arm
@@ -85,7 +86,7 @@ def test_cross_compiled_mobilenet_v2_runs_on_the_device_and_matches_torch(
     assert arm_artifact.manifest.arch == "aarch64"
     with pytest.raises(ArtifactError, match="cannot run on this"):
         sepconv.load(arm_artifact.path)  # an x86 host refuses it, pointing at RPC
-    with RemoteModel(arm_artifact.path, emulated_device) as model:
+    with load(arm_artifact.path, emulated_device) as model:
         report = validate_against(model, get_model(MODEL).module, model_name=MODEL, num_inputs=2)
     assert report.passed, report.summary()
 
@@ -111,6 +112,6 @@ def test_tune_a_depthwise_task_through_the_tracker(emulated_device, tmp_path):
         MODEL, target="aarch64-linux-gnu", out=tmp_path / "tuned", tune_logs=[tmp_path]
     )
     assert art.manifest.build["tasks_tuned"] == 1
-    with RemoteModel(art.path, emulated_device) as model:
+    with load(art.path, emulated_device) as model:
         report = validate_against(model, get_model(MODEL).module, model_name=MODEL, num_inputs=1)
     assert report.passed, report.summary()

@@ -1,13 +1,14 @@
 """Benchmark the CPU rule list on a zoo model: torch eager vs TVM untuned vs TVM + our rules.
 
 Compile → check → time, in that order: each TVM build is validated against torch eager before
-it is timed, and all three are timed in the same run (median of ``--runs`` after warm-up).
+it is timed, and all three are timed in the same run (median of ``--runs`` after warm-up, by the
+shared timer :mod:`sepconv.timing`).
 
-    TVM_NUM_THREADS=2 python -m sepconv.schedules.bench_cpu mobilenet_v2 --threads 2 --layers 8
+    TVM_NUM_THREADS=2 python benchmarks/schedule_rules.py mobilenet_v2 --threads 2 --layers 8
 
 ``--layers N`` also times the N most expensive PrimFuncs one by one (untuned vs scheduled),
-with the rule that scheduled each and its achieved GFLOP/s or GB/s.
-This is a measuring tool for the schedules room; ``benchmarks/`` holds the project's reports.
+with the rule that scheduled each and its achieved GFLOP/s or GB/s (TVM's time evaluator).
+The lowering and VM build it measures are the compiler's (:mod:`sepconv.compiler.debug`).
 """
 
 from __future__ import annotations
@@ -15,63 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
 
-
-def _median_ms(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def lower_to_tir(module, example, target, sepconv_ops: bool = False):
-    """The compiler's own lowering (``sepconv.compiler.build.lower``), weights bound back in as
-    constants so that ``main`` takes only the input. NCHW (no separable operators) by default:
-    that is what this room's NCHW rules are measured on."""
-    import tvm
-    from tvm import relax
-
-    from sepconv.compiler.build import lower
-    from sepconv.compiler.importer import import_module
-
-    mod, weights, _ = lower(import_module(module.eval(), (example,)), target, sepconv_ops)
-    params = {name: tvm.runtime.tensor(w) for name, w in weights.items()}
-    return relax.transform.BindParams("main", params)(mod)
-
-
-def build_vm(mod, target):
-    import tvm
-    from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from sepconv.targets import ensure_runs_here
-
-    ensure_runs_here(target, "a model")
-    pipe = tvm.transform.Sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
-    with target:
-        ex = tvm.compile(mod, target=target, relax_pipeline=pipe)
-    return relax.VirtualMachine(ex, tvm.cpu())
-
-
-def _first_tensor(out):
-    while not hasattr(out, "numpy"):
-        out = out[0]
-    return out.numpy()
+from sepconv.compiler.debug import build_vm, first_tensor, lower_to_tir
+from sepconv.timing import Timing, time_call
 
 
 def _func_cost(func) -> tuple[str, float]:
     """('GFLOP/s', flops) for a conv/matmul, else ('GB/s', bytes of its parameters)."""
     from tvm import s_tir
 
-    from .analysis import match_conv2d_nchw
+    from sepconv.schedules.analysis import match_conv2d_nchw
 
     info = match_conv2d_nchw(s_tir.Schedule(func))
     if info is not None:
@@ -99,7 +56,7 @@ def time_primfunc(func, target, number: int = 20, repeat: int = 7) -> float:
         for p in func.params
     ]
     timer = lib.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=20)
-    return float(np.median(timer(*args).results)) * 1e6
+    return Timing.from_evaluator(timer, *args).median_us
 
 
 def main(argv=None) -> dict:
@@ -107,8 +64,7 @@ def main(argv=None) -> dict:
     import tvm
 
     from sepconv.models import get_model
-
-    from . import apply_schedules
+    from sepconv.schedules import apply_schedules
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="mobilenet_v2")
@@ -146,17 +102,16 @@ def main(argv=None) -> dict:
     vms = {}
     for name, m in variants:
         vm = build_vm(m, target)
-        out = _first_tensor(vm["main"](xt))
+        out = first_tensor(vm["main"](xt))
         err = float(np.abs(out - ref).max())
         if err > tol:
             raise SystemExit(f"{name}: max abs err {err:.3g} > tol {tol:.3g}: not timing it")
         results[f"{name} max_err"] = err
         vms[name] = vm
     with torch.no_grad():
-        results["torch eager ms"] = _median_ms(lambda: model(x), args.runs)
+        results["torch eager ms"] = time_call(model, x, warmup=5, runs=args.runs).median_ms
     for name, vm in vms.items():
-        fn = vm["main"]
-        results[f"{name} ms"] = _median_ms(lambda fn=fn: fn(xt), args.runs)
+        results[f"{name} ms"] = time_call(vm["main"], xt, warmup=5, runs=args.runs).median_ms
     results["schedule seconds"] = sched_s
     results["rule hits"] = {
         r: sum(1 for v in report.values() if v == r) for r in set(report.values())
