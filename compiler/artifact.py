@@ -9,7 +9,6 @@ compile never leaves half an artifact and an existing one is replaced in one ste
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sepconv.checksum import sha256_file
 from sepconv.errors import ArtifactError
 
 FORMAT_NAME = "sepconv-artifact"
@@ -88,14 +88,6 @@ def artifact_path(path: str | os.PathLike) -> Path:
     """``build/mbv2`` and ``build/mbv2.sepconv`` name the same artifact."""
     p = Path(path)
     return p if p.name.endswith(SUFFIX) else p.with_name(p.name + SUFFIX)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict:

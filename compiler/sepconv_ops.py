@@ -4,7 +4,8 @@ Channels-last puts the channel axis in the SIMD lanes: a depthwise conv then doe
 multiply-adds with no gathers, and a pointwise conv is a plain GEMM over the channel axis. Block
 names are the operators' identity: the schedule rules in ``schedules/`` recognise our operators by
 them (``sepconv_dw``, ``sepconv_pw``, ``sepconv_conv``, ``sepconv_dw_act``), even after FuseOps has
-merged epilogues (bias, activation, residual add) into the same PrimFunc.
+merged epilogues (bias, activation, residual add) into the same PrimFunc; the names are defined
+with those rules, in :mod:`sepconv.schedules.block_names`.
 
 Weights layouts (chosen for the vector lanes, folded at compile time):
   depthwise ``[KH, KW, C·M]``   pointwise ``[C, O]``   dense conv ``[KH, KW, C, O]`` (HWIO)
@@ -16,11 +17,8 @@ from collections.abc import Callable
 
 from tvm import te, tirx
 
-PAD = "sepconv_pad"
-DW = "sepconv_dw"
-DW_ACT = "sepconv_dw_act"
-PW = "sepconv_pw"
-CONV = "sepconv_conv"
+# The operators' identity; the rules that recognise them own the names.
+from sepconv.schedules.block_names import CONV, DW, DW_ACT, PAD, PW
 
 
 def _pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int]) -> te.Tensor:

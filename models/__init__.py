@@ -3,7 +3,8 @@
 Pure PyTorch, nothing here imports TVM. ``get_model("mobilenet_v1:0.5@160")`` returns a
 :class:`ModelSpec` with the module (eval mode, seeded random weights or a local weights file),
 its input shape and an example input; ``list_models()`` lists the built-in families with their
-parameter and MAC counts.
+parameter and MAC counts. ``zoo_source(name, ...)`` is a zoo model as the compiler takes it:
+module, example inputs and the manifest's model record.
 """
 
 from .counting import (
@@ -24,6 +25,7 @@ from .registry import (
     get_model,
     list_models,
     parse_name,
+    zoo_source,
 )
 from .weights import calibrate_batchnorm, init_weights, load_weights
 
@@ -46,4 +48,5 @@ __all__ = [
     "separable_cost_ratio",
     "standard_conv_macs",
     "standard_conv_params",
+    "zoo_source",
 ]

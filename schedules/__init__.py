@@ -19,7 +19,8 @@ rule                       takes
 =========================  =================================================================
 
 Our operators' four rules share one mechanism, the NHWC output register tile of
-:mod:`.nhwc_tile`; the NCHW rules serve graphs compiled without our operators.
+:mod:`.nhwc_tile`, and recognise the operators by the block names of :mod:`.block_names` (which
+``compiler/sepconv_ops.py`` gives them); the NCHW rules serve graphs compiled without our operators.
 
 CUDA: :func:`gpu_rules` (:mod:`.gpu`, TVM's dlight GPU rules) for whatever the Triton kernels
 (``triton_*.py``, embedded by :mod:`sepconv.compiler.triton_ops`) do not take.

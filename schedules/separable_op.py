@@ -23,9 +23,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from sepconv.compiler.sepconv_ops import CONV, DW, PAD, PW
-
 from .base import CpuRule
+from .block_names import CONV, DW, PAD, PW
 from .nhwc_tile import (
     choose_tile,
     named_blocks,

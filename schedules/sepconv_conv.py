@@ -5,8 +5,7 @@ The same micro-kernel as the pointwise rule, with the K×K window in its reducti
 
 from __future__ import annotations
 
-from sepconv.compiler.sepconv_ops import CONV
-
+from .block_names import CONV
 from .separable_op import SeparableOp
 
 

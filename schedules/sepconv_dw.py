@@ -8,8 +8,7 @@ which NHWC gives for stride 1 and 2 alike.
 
 from __future__ import annotations
 
-from sepconv.compiler.sepconv_ops import DW
-
+from .block_names import DW
 from .separable_op import SeparableOp
 
 

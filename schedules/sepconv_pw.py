@@ -7,8 +7,7 @@ layers (C, O â‰¥ 96), memory-bound for the narrow projections of MobileNetV2 (CÂ
 
 from __future__ import annotations
 
-from sepconv.compiler.sepconv_ops import PW
-
+from .block_names import PW
 from .separable_op import SeparableOp
 
 

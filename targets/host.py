@@ -93,6 +93,19 @@ def cpuinfo_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model_name() -> str:
+    """The CPU's model as the kernel names it (``/proc/cpuinfo``'s ``model name``, ``Hardware``
+    or ``cpu model`` line, e.g. ``AMD EPYC 9R14``), else ``platform.processor()`` or
+    ``platform.machine()``: for reports and provenance, not for code generation."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # LLVM feature names → the kernel's /proc/cpuinfo flag where the two spell it differently beyond
 # '_', '.' and '-' (sse4.2 ≡ sse4_2, avx512vnni ≡ avx512_vnni are matched by normalising).
 _CPUINFO_ALIAS = {

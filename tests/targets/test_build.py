@@ -12,7 +12,7 @@ from tvm import te
 from sepconv import targets
 from sepconv.errors import CompileError
 
-H, T = targets.host, targets.triple
+C, H, T = targets.cuda_toolchain, targets.host, targets.triple
 
 EM_X86_64, EM_AARCH64 = 62, 183
 N = 1000  # not a multiple of any vector width: the tail must be right too
@@ -109,7 +109,7 @@ def _cuda_build(spec):
 def test_cuda_builds_and_exports_without_a_gpu(tmp_path, monkeypatch):
     spec = targets.resolve_target("cuda", cuda_arch="sm_80")
     checked = []
-    monkeypatch.setattr(T, "check_cuda_source", lambda src, arch: checked.append((src, arch)))
+    monkeypatch.setattr(C, "check_cuda_source", lambda src, arch: checked.append((src, arch)))
     ex = _cuda_build(spec)
     path = tmp_path / "vadd_cuda.so"
     spec.export_library(ex, path)
@@ -125,14 +125,14 @@ def test_cuda_builds_and_exports_without_a_gpu(tmp_path, monkeypatch):
 def test_cuda_kernels_compile_with_nvcc_for_the_arch(tmp_path):
     spec = targets.resolve_target("cuda", cuda_arch="sm_90")
     ex = _cuda_build(spec)
-    sources = T._cuda_source_modules(ex.mod)
+    sources = C._cuda_source_modules(ex.mod)
     if not sources:
         pytest.skip("this TVM compiled the kernels already (CUDA runtime present)")
-    T.check_cuda_source(sources[0], "sm_90")  # raises on failure
+    C.check_cuda_source(sources[0], "sm_90")  # raises on failure
     spec.export_library(ex, tmp_path / "vadd_cuda.so")  # runs the same check
 
 
 @needs_nvcc
 def test_cuda_source_that_does_not_build_is_a_compile_error():
     with pytest.raises(CompileError, match="nvcc cannot build"):
-        T.check_cuda_source('extern "C" __global__ void k() { undefined_thing(); }', "sm_90")
+        C.check_cuda_source('extern "C" __global__ void k() { undefined_thing(); }', "sm_90")

@@ -1,0 +1,23 @@
+"""The block names that identify our operators: the contract between the operators and their rules.
+
+``compiler/sepconv_ops.py`` names the TE blocks it creates with these; the rules here
+(``sepconv_dw.py``, ``sepconv_pw.py``, ``sepconv_conv.py``, ``fused_dw_pw.py``) recognise our
+operators by them, even after FuseOps has merged epilogues (bias, activation, residual add) into
+the same PrimFunc. They live with the rules, the lower room, so that the compiler imports them and
+not the other way round.
+"""
+
+from __future__ import annotations
+
+PAD = "sepconv_pad"
+"""Zero padding in front of a depthwise or dense conv (inlined by the rules)."""
+DW = "sepconv_dw"
+"""NHWC depthwise conv."""
+DW_ACT = "sepconv_dw_act"
+"""The fused operator's depthwise bias + activation, between ``DW`` and ``PW``."""
+PW = "sepconv_pw"
+"""NHWC pointwise (1×1) conv: a GEMM over the channel axis."""
+CONV = "sepconv_conv"
+"""NHWC dense conv (the stem)."""
+
+__all__ = ["CONV", "DW", "DW_ACT", "PAD", "PW"]
