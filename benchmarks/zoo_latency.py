@@ -1,4 +1,5 @@
-"""Zoo latency: sepconv (tuned) vs sepconv untuned vs torch eager vs ONNX Runtime, every zoo model.
+"""Zoo latency: sepconv (tuned) vs sepconv untuned vs torch eager, ONNX Runtime, OpenVINO and
+ExecuTorch (XNNPACK), every zoo model.
 
 A preset over ``sepconv bench`` (:func:`sepconv.bench.run_bench`): each model at 224 (its own
 resolution for EfficientNet), batch 1, fp32, 2 threads; every system validated against eager
@@ -31,7 +32,7 @@ ZOO = (
     "efficientnet_b0",
     "shufflenet_v2",
 )
-PEERS = "torch,onnxruntime,sepconv-untuned"
+PEERS = "torch,onnxruntime,openvino,executorch,sepconv-untuned"
 
 
 def main(argv: list[str] | None = None) -> int:

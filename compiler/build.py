@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
 from tvm import relax
 
+from sepconv.compiler.costs import function_costs
 from sepconv.compiler.importer import ImportedGraph
 from sepconv.compiler.passes import fast_sigmoid, fold_batch_norm, lift_constants
 from sepconv.errors import CompileError
@@ -35,6 +37,7 @@ class BuildStats:
     precision: str = "fp32"
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     seconds: dict[str, float] = field(default_factory=dict)
+    functions: dict[str, dict] = field(default_factory=dict)  # per PrimFunc: compiler.costs
 
     @property
     def tasks_total(self) -> int:
@@ -55,6 +58,7 @@ class BuildStats:
             **({"cuda_kernels": self.cuda_kernels} if self.cuda_kernels is not None else {}),
             **({"precision": self.precision} if self.precision != "fp32" else {}),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "functions": self.functions,
         }
 
 
@@ -159,7 +163,7 @@ def schedule(
 
     tuned: list[str] = []
     if database is not None:
-        from sepconv.compiler.tuning_db import apply_database
+        from sepconv.compiler.tuning.database import apply_database
 
         mod, tuned = apply_database(mod, target, database)
     mod = apply_schedules(mod, target)
@@ -186,7 +190,7 @@ def _kernel_binaries(target: tvm.target.Target, stats: BuildStats):
     if target.kind.name != "cuda":
         return contextlib.nullcontext()
     from sepconv.targets.cuda_embed import precompiled_kernels
-    from sepconv.targets.triple import compile_cuda_fatbin, find_nvcc
+    from sepconv.targets.cuda_toolchain import compile_cuda_fatbin, find_nvcc
 
     if find_nvcc() is None:
         log.warning(
@@ -207,8 +211,13 @@ def build(
     sepconv_ops: bool = True,
     cuda_graph: bool | None = None,
     precision: str = "fp32",
+    before_codegen: Callable[[tvm.IRModule], tvm.IRModule] | None = None,
 ) -> BuildResult:
     """``on_stage(name)`` is called as each stage starts (the CLI shows it as progress).
+
+    ``before_codegen(mod) -> mod`` sees the scheduled module just before ``tvm.compile``: the
+    bisect (:mod:`sepconv.compiler.bisect`) uses it to return every intermediate from ``main``
+    while keeping every PrimFunc exactly as a normal build schedules it.
 
     CUDA only: ``cuda_graph`` captures the whole model in one CUDA graph that every later call
     replays (Relax ``RewriteCUDAGraph``; default: on for batch 1, which is launch-bound);
@@ -234,6 +243,11 @@ def build(
     t0 = time.perf_counter()
     mod = fuse(mod, target)
     stats.primfuncs = primfunc_names(mod)
+    try:  # what `sepconv profile` puts on the roofline; never a reason for a build to fail
+        stats.functions = {name: c.to_json() for name, c in sorted(function_costs(mod).items())}
+    except Exception:  # noqa: BLE001
+        log.warning("per-function costs could not be computed; the profile shows no MACs",
+                    exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
     mod, stats.tuned = schedule(mod, target, database)
     if is_cuda:
         from sepconv.schedules.gpu import verify_gpu_kernels
@@ -242,6 +256,8 @@ def build(
         if problems:
             raise CompileError("CUDA kernels failed verification: " + "; ".join(problems[:5]))
     stats.seconds["lower_and_schedule"] = time.perf_counter() - t0
+    if before_codegen is not None:
+        mod = before_codegen(mod)
 
     on_stage("codegen")
     t0 = time.perf_counter()

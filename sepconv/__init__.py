@@ -17,7 +17,9 @@ _API = {
     "compile": "sepconv.api",
     "load": "sepconv.compiler.runtime",  # needs neither torch nor TVM's compiler
     "validate": "sepconv.api",
+    "bisect": "sepconv.api",
     "tune": "sepconv.compiler.tuning",
+    "profile": "sepconv.bench.profile",  # per-function profile of an artifact, roofline, peers
     "CompiledModel": "sepconv.compiler.runtime",
     "ValidationReport": "sepconv.compiler.validation",
 }

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-from sepconv.compiler.artifact import Manifest, read_manifest, record_validation, sha256_file
+from sepconv.checksum import sha256_file
+from sepconv.compiler.artifact import Manifest, read_manifest, record_validation
+from sepconv.compiler.bisect import BisectReport
+from sepconv.compiler.model_source import resolve_model
 from sepconv.compiler.runtime import CompiledModel
 from sepconv.compiler.runtime import load as _load
 from sepconv.compiler.validation import ValidationReport, validate_against
@@ -19,7 +22,7 @@ from sepconv.errors import SepconvError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifact", "compile", "load", "validate"]
+__all__ = ["Artifact", "bisect", "compile", "load", "validate"]
 
 
 @dataclass
@@ -33,35 +36,6 @@ class Artifact:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
-
-
-def _resolve_model(model, example_input, batch: int, weights, seed: int):
-    """→ (module, example inputs tuple, manifest model record)."""
-    if isinstance(model, str):
-        from sepconv.models import get_model
-
-        spec = get_model(model, batch=batch, weights=weights, seed=seed)
-        record = {"name": spec.name, "source": "zoo", "seed": seed, "batch": batch}
-        if weights is not None:
-            record["weights"] = str(Path(weights).resolve())
-            record["weights_sha256"] = sha256_file(Path(weights))
-        x = example_input if example_input is not None else spec.example_input(seed)
-        return spec.module, (x,) if isinstance(x, torch.Tensor) else tuple(x), record
-    if isinstance(model, torch.nn.Module):
-        if example_input is None:
-            raise SepconvError(
-                "compiling an nn.Module needs an example input: "
-                "sepconv.compile(module, example_input=torch.randn(1, 3, 224, 224), ...)"
-            )
-        inputs = (
-            (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
-        )
-        record = {"name": type(model).__name__, "source": "module", "seed": seed}
-        return model, inputs, record
-    raise SepconvError(
-        f"model must be a zoo name (see `sepconv models`) or a torch.nn.Module, got "
-        f"{type(model).__name__}"
-    )
 
 
 def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
@@ -82,16 +56,22 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     cuda_graph: bool | None = None,
     precision: str = "fp32",
     on_stage: Callable[[str], None] | None = None,
+    input_shape: str | tuple[int, ...] | list[tuple[int, ...]] | None = None,
 ) -> Artifact:
-    """Compile a zoo model (by name) or an ``nn.Module`` (with ``example_input``) into an
-    artifact directory ``out`` (default ``build/<name>.sepconv``).
+    """Compile a zoo model (by name), an ``nn.Module`` (with ``example_input``), a model file
+    (``.pt2`` from ``torch.export.save``, ``.onnx``) or an ``ExportedProgram`` /
+    ``onnx.ModelProto`` into an artifact directory ``out`` (default ``build/<name>.sepconv``).
+
+    ``input_shape`` (e.g. ``(1, 3, 224, 224)``, one per input) fixes a model file's dynamic
+    dimensions; the manifest records the file's path and SHA-256 so ``validate`` can rebuild the
+    reference (eager ``ep.module()`` for ``.pt2``, ONNX Runtime for ``.onnx``).
 
     ``sepconv_ops=False`` keeps TVM's own conv2d instead of our depthwise / fused
     depthwise→pointwise operators (to measure their gain or bisect a suspected miscompile).
 
     ``tune_logs``: tuning records to schedule with — ``True`` the shipped ``tune_logs/<key>/``,
     ``False`` none, a directory the shipped logs plus that one, a list exactly those (``True``
-    in it standing for the shipped logs); see :func:`sepconv.compiler.tuning_db.log_dirs`.
+    in it standing for the shipped logs); see :func:`sepconv.compiler.tuning.database.log_dirs`.
 
     CUDA only: ``cuda_graph`` replays the whole model as one CUDA graph (default: on for batch
     1); ``precision="fp16"`` computes in half precision behind a float32 interface.
@@ -105,7 +85,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     if batch < 1:
         raise SepconvError(f"batch must be ≥ 1, got {batch}")
     tspec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
-    module, inputs, record = _resolve_model(model, example_input, batch, weights, seed)
+    module, inputs, record = resolve_model(model, example_input, batch, weights, seed, input_shape)
     out = Path(out) if out is not None else Path("build") / _safe_name(record["name"])
 
     from sepconv.compiler.artifact import artifact_path
@@ -120,7 +100,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
         )
     on_stage("export")
     graph = import_module(module, inputs)
-    from sepconv.compiler.tuning_db import database_for_build
+    from sepconv.compiler.tuning.database import database_for_build
 
     database, log_dirs = database_for_build(tspec.key, tune_logs)
     result = build(
@@ -158,12 +138,18 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> CompiledModel:
-    """Load an artifact after verifying it (manifest, checksums, architecture)."""
+    """Load an artifact after verifying it (manifest, checksums, architecture). ``device``:
+    ``cpu``/``cuda`` here (default: the artifact's), or ``rpc://HOST:PORT[/KEY]`` /
+    ``tracker://HOST:PORT/KEY`` to upload and run it on a remote device."""
     return _load(path, device)
 
 
 def _reference_for(compiled: CompiledModel) -> torch.nn.Module:
     record = compiled.manifest.model
+    if record.get("source") == "file":
+        from sepconv.compiler.model_files import reference_from_record
+
+        return reference_from_record(record).reference()
     if record.get("source") != "zoo":
         raise SepconvError(
             f"{compiled.path} was compiled from a Python nn.Module ({record.get('name')}); "
@@ -196,13 +182,22 @@ def _validate(
     seed: int = 0,
     num_inputs: int = 3,
     record: bool = True,
+    bisect: bool = False,
 ) -> ValidationReport:
     """Compare a compiled model with eager PyTorch on seeded inputs.
 
     ``model`` is a loaded model or an artifact path. ``reference`` is the eager module, a zoo name,
     or None to rebuild the zoo model the artifact names. The result is written into the manifest.
+    ``bisect=True`` also locates the first compiled function whose output leaves the tolerance
+    (``report.bisect``, a :class:`~sepconv.compiler.bisect.BisectReport`; see :func:`bisect`).
     """
     compiled = model if isinstance(model, CompiledModel) else _load(model)
+    from sepconv.compiler.model_files import as_model_file
+
+    shapes = [tuple(t.shape) for t in compiled.inputs]
+    if reference is not None and not isinstance(reference, torch.nn.Module):
+        mf = as_model_file(reference, shapes)  # a .pt2 / .onnx path, ExportedProgram, ModelProto
+        reference = mf.reference() if mf is not None else reference
     if reference is None:
         reference = _reference_for(compiled)
     elif isinstance(reference, str):
@@ -216,9 +211,38 @@ def _validate(
         seed=seed,
         num_inputs=num_inputs,
     )
+    source = getattr(reference, "sepconv_source", None)
+    if source is not None:
+        report.reference = source.reference_name
     if record:
         record_validation(compiled.path, compiled.manifest, report.to_json())
+    if bisect:
+        from sepconv.compiler.bisect import bisect as run_bisect
+
+        report.bisect = run_bisect(
+            compiled, reference, model_name=report.model, seed=seed, num_inputs=num_inputs
+        )
     return report
 
 
 validate = _validate  # public name; `compile(validate=True)` shadows it inside compile
+
+
+def bisect(
+    model: CompiledModel | str | os.PathLike,
+    reference: torch.nn.Module | str | None = None,
+    *,
+    seed: int = 0,
+    num_inputs: int = 3,
+) -> BisectReport:
+    """Find the first compiled function whose output disagrees with the eager reference.
+
+    Same arguments as :func:`validate` (whose manifest record it leaves alone). The artifact is
+    rebuilt once, with its manifest's target, options and tuning logs, returning every
+    intermediate; they are matched to the outputs of the reference's ``torch.export`` graph.
+    Returns a :class:`~sepconv.compiler.bisect.BisectReport` (``first_divergence`` is None when
+    every matched intermediate agrees).
+    """
+    return _validate(
+        model, reference, seed=seed, num_inputs=num_inputs, record=False, bisect=True
+    ).bisect

@@ -1,4 +1,4 @@
-"""The ``sepconv`` command: models | compile | validate | run | tune | device | bench.
+"""The ``sepconv`` command: models | compile | validate | run | tune | device | bench | profile.
 
 Every failure prints one line (``error: …``) and exits non-zero; ``--debug`` shows the traceback.
 """
@@ -16,6 +16,14 @@ from pathlib import Path
 from sepconv.errors import SepconvError
 
 EXIT_ERROR = 2
+MODEL_HELP = (
+    "zoo name with optional knobs (mobilenet_v1:0.5@160), torchvision:NAME / timm:NAME, or a model "
+    "file: .pt2 (torch.export.save) or .onnx"
+)
+INPUT_SHAPE_HELP = (
+    "input shape for a model file with dynamic dimensions, e.g. 1,3,224,224 (several inputs: "
+    "separate with ';')"
+)
 EXIT_VALIDATION_FAILED = 1
 
 
@@ -91,6 +99,7 @@ def cmd_compile(args) -> int:
         cuda_graph=args.cuda_graph,
         precision=args.precision,
         on_stage=progress,
+        input_shape=args.input_shape,
     )
     total = progress.done()
     b = art.manifest.build
@@ -123,9 +132,19 @@ def cmd_validate(args) -> int:
     import sepconv
 
     report = sepconv.validate(
-        args.artifact, reference=args.reference, seed=args.seed, num_inputs=args.inputs
+        args.artifact,
+        reference=args.reference,
+        seed=args.seed,
+        num_inputs=args.inputs,
+        bisect=args.bisect,
     )
-    print(report.summary())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        print(report.summary())
+        if report.bisect is not None:
+            print(report.bisect.summary())
+            print(report.bisect.table())
     return 0 if report.passed else EXIT_VALIDATION_FAILED
 
 
@@ -192,8 +211,11 @@ def cmd_tune(args) -> int:
             measure.min_repeat_ms = args.min_repeat_ms
         if args.timeout is not None:
             measure.timeout_s = args.timeout
+    from sepconv.compiler.model_files import as_model_file
+
+    models = [as_model_file(m, args.input_shape) or m for m in args.model]  # .pt2 / .onnx files
     report = tune(
-        args.model if len(args.model) > 1 else args.model[0],
+        models if len(models) > 1 else models[0],
         target=args.target,
         device=args.device,
         trials=args.trials,
@@ -307,6 +329,7 @@ def cmd_bench(args) -> int:
     report = run_bench(
         args.model,
         peers,
+        input_shape=args.input_shape,
         target=args.target,
         device=args.device,
         batch=args.batch,
@@ -325,6 +348,27 @@ def cmd_bench(args) -> int:
     return EXIT_VALIDATION_FAILED if report.failed else 0
 
 
+def cmd_profile(args) -> int:
+    from sepconv.bench.profile import profile
+
+    print(f"profiling {args.artifact}", file=sys.stderr)
+    report = profile(
+        args.artifact, threads=args.threads, runs=args.runs, warmup=args.warmup,
+        compare=args.compare, reference=args.reference,
+    )  # fmt: skip
+    print(report.markdown())
+    written = []
+    if args.json:
+        written.append(report.write_json(args.json))
+    if args.markdown:
+        written.append(report.write_markdown(args.markdown))
+    if args.png:
+        written.append(report.write_png(args.png))
+    if written:
+        print("wrote " + ", ".join(str(f) for f in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sepconv", description="Compile depthwise-separable CNNs with TVM."
@@ -337,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     c = sub.add_parser("compile", help="compile a model into an artifact directory")
-    c.add_argument("model", help="zoo name with optional knobs, e.g. mobilenet_v1:0.5@160")
+    c.add_argument("model", help=MODEL_HELP)
+    c.add_argument("--input-shape", metavar="SHAPE", help=INPUT_SHAPE_HELP)
     c.add_argument(
         "--target",
         "-t",
@@ -390,9 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="compare a compiled artifact with eager PyTorch")
     v.add_argument("artifact")
-    v.add_argument("--reference", help="zoo name to compare with (default: the one compiled)")
+    v.add_argument(
+        "--reference",
+        help="zoo name or .pt2 / .onnx file to compare with (default: the model compiled)",
+    )
     v.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     v.add_argument("--inputs", type=int, default=3, help="how many seeded inputs (default 3)")
+    v.add_argument(
+        "--bisect",
+        action="store_true",
+        help="also compare every compiled function's output with the reference's and name the "
+        "first one that leaves the tolerance (one debug rebuild)",
+    )
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="run an artifact once, print top-5 and latency")
@@ -406,7 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("tune", help="auto-tune a model's tasks on a device (MetaSchedule)")
-    t.add_argument("model", nargs="+", help="zoo name(s); tasks shared by several are tuned once")
+    t.add_argument(
+        "model", nargs="+", help="zoo name(s) or .pt2 / .onnx file(s); shared tasks are tuned once"
+    )
+    t.add_argument("--input-shape", metavar="SHAPE", help=INPUT_SHAPE_HELP)
     t.add_argument("--target", "-t", default="host", help="target triple (default: host)")
     t.add_argument(
         "--device",
@@ -486,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
         "then time it (median/p10/p90). Writes report.json, report.md, latency_vs_macs.png and "
         "speedup.png into --report. Exit 1 if a system failed validation.",
     )
-    b.add_argument("model", nargs="+", help="zoo names with knobs, e.g. mobilenet_v1:0.75@192")
+    b.add_argument("model", nargs="+", help="zoo names with knobs (mobilenet_v1:0.75@192) or files")
+    b.add_argument("--input-shape", metavar="SHAPE", help=INPUT_SHAPE_HELP)
     b.add_argument("--target", "-t", default="host", help="target triple (default: host)")
     b.add_argument(
         "--device",
@@ -499,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--peers",
         default="torch,torch.compile,onnxruntime",
-        help="comma-separated peers: torch, torch.compile, onnxruntime, sepconv-untuned (no "
-        "tuning records), sepconv-no-ops (TVM's own conv2d), or none (default: "
+        help="comma-separated peers: torch, torch.compile, onnxruntime, openvino, executorch "
+        "(XNNPACK delegate), sepconv-untuned (no tuning records), sepconv-no-ops (TVM's own "
+        "conv2d), or none (default: "
         "torch,torch.compile,onnxruntime)",
     )
     b.add_argument("--runs", "-n", type=int, default=50, help="timed runs (default 50)")
@@ -530,6 +590,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle seconds before each timed system (TVM's threads spin after a run; default 1)",
     )
     b.set_defaults(func=cmd_bench)
+
+    pr = sub.add_parser(
+        "profile",
+        help="per-function time, MACs, bytes and roofline of an artifact; peers beside it",
+        description="Time each fused function inside the model (TVM VM instrument hook), with "
+        "its MACs, bytes, GFLOP/s and GB/s as fractions of this machine's FMA peak and copy "
+        "bandwidth measured in the same run. --compare adds ONNX Runtime's / OpenVINO's own "
+        "per-node profile of the same model, matched to our functions by layer.",
+    )
+    pr.add_argument("artifact", help="a compiled artifact (sepconv compile … -o DIR)")
+    pr.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    pr.add_argument("--runs", "-n", type=int, default=20, help="profiled runs (default 20)")
+    pr.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    pr.add_argument(
+        "--compare", default="", metavar="PEER[,PEER]", help="onnxruntime and/or openvino"
+    )
+    pr.add_argument("--reference", help="zoo name of the eager model (default: the compiled one)")
+    pr.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    pr.add_argument("--markdown", metavar="FILE", help="write the Markdown table")
+    pr.add_argument("--png", metavar="FILE", help="write the roofline plot")
+    pr.set_defaults(func=cmd_profile)
     return p
 
 

@@ -1,5 +1,6 @@
 """``sepconv bench``: measured latency of models on a target, against the tools users would use
-instead (torch eager, ``torch.compile``, ONNX Runtime). Compile → check → time, in that order::
+instead (torch eager, ``torch.compile``, ONNX Runtime, OpenVINO, ExecuTorch with XNNPACK).
+Compile → check → time, in that order::
 
     from sepconv.bench import run_bench
     report = run_bench(["mobilenet_v1:0.5", "mobilenet_v2"], peers="torch,onnxruntime", runs=50)
@@ -10,21 +11,25 @@ tolerance) before it is timed; one that disagrees is reported ``FAIL`` and never
 that cannot run here (not installed, no C++ compiler, export fails, remote device) is reported
 ``unavailable`` with the reason. Peers are timed before sepconv with an idle pause before each
 block: TVM's thread pool busy-waits after a run and would slow whatever runs next.
+
+``sepconv.profile(artifact)`` (:mod:`sepconv.bench.profile`) breaks one compiled model down by
+fused function against the machine's limits (:mod:`sepconv.bench.limits`), peers beside it.
 """
 
 from __future__ import annotations
 
+from sepconv.timing import Timing, time_call, time_interleaved
+
+from .limits import MachineLimits, measure_limits
 from .peers import (
     PEERS,
     BenchSettings,
     Peer,
     PeerUnavailable,
     Prepared,
-    Timing,
     parse_peers,
-    time_call,
-    time_interleaved,
 )
+from .profile import ProfileReport
 from .report import BenchReport, ModelResult, SystemResult
 from .runner import DEFAULT_PEERS, run_bench
 
@@ -33,12 +38,15 @@ __all__ = [
     "PEERS",
     "BenchReport",
     "BenchSettings",
+    "MachineLimits",
     "ModelResult",
     "Peer",
     "PeerUnavailable",
     "Prepared",
+    "ProfileReport",
     "SystemResult",
     "Timing",
+    "measure_limits",
     "parse_peers",
     "run_bench",
     "time_call",

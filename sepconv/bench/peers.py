@@ -3,21 +3,18 @@
 A :class:`Peer` answers two questions: can it run here (:meth:`Peer.available` → a reason why not,
 or ``None``), and what is one inference of this module (:meth:`Peer.prepare` → :class:`Prepared`).
 Every prepared system is validated against eager PyTorch before it is timed (``sepconv.bench``
-does that); all are timed by :func:`time_call`, except on a remote device, where the device times
-itself (TVM's time evaluator, network excluded).
+does that); all are timed by :func:`sepconv.timing.time_interleaved` (the one timer), except on a
+remote device, where the device times itself (TVM's time evaluator, network excluded).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import logging
 import os
 import shutil
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +24,7 @@ from typing import Any
 import torch
 
 from sepconv.errors import SepconvError
+from sepconv.timing import Timing
 
 log = logging.getLogger(__name__)
 
@@ -59,85 +57,6 @@ class BenchSettings:
 
 
 @dataclass
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-    timer: str
-
-    @classmethod
-    def from_samples(cls, samples_ms: list[float], timer: str) -> Timing:
-        s = sorted(samples_ms)
-        return cls(
-            statistics.median(s), s[int(0.1 * (len(s) - 1))], s[int(0.9 * (len(s) - 1))], len(s),
-            timer,
-        )  # fmt: skip
-
-
-WALL_CLOCK = "wall clock per call (time.perf_counter), this process"
-DEVICE_CLOCK = "TVM time_evaluator on the device (network excluded)"
-
-
-def time_call(fn: Callable[[Any], Any], x: Any, warmup: int, runs: int) -> Timing:
-    """The shared timer: ``warmup`` calls, then ``runs`` calls timed one by one (GC paused)."""
-    return Timing.from_samples(time_samples(fn, x, warmup, runs), WALL_CLOCK)
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[Any], Any]],
-    x: Any,
-    *,
-    warmup: int,
-    runs: int,
-    rounds: int,
-    settle_s: float = 1.0,
-    on_step: Callable[[str, int], None] | None = None,
-) -> dict[str, Timing | Exception]:
-    """Time several systems against each other: ``rounds`` rounds of about runs/rounds calls
-    each, the order reversed every round, each system's samples pooled. A shared machine drifts
-    (other tenants, clocks) over the seconds one block takes; timed one block after another,
-    that drift would show up as a difference between the systems. A system that raises is
-    dropped from later rounds and its exception returned in place of a timing."""
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    failed: dict[str, Exception] = {}
-    rounds = max(1, min(rounds, runs))
-    for i in range(rounds):
-        n_runs = runs // rounds + (i < runs % rounds)
-        n_warm = warmup if i == 0 else max(1, -(-warmup // rounds))
-        for name in names if i % 2 == 0 else names[::-1]:
-            if name in failed:
-                continue
-            if on_step is not None:
-                on_step(name, i)
-            time.sleep(settle_s)  # let the last system's spinning threads go to sleep
-            try:
-                samples[name] += time_samples(fns[name], x, n_warm, n_runs)
-            except Exception as exc:  # noqa: BLE001 - reported per system by the caller
-                failed[name] = exc
-    return {n: failed.get(n) or Timing.from_samples(samples[n], WALL_CLOCK) for n in names}
-
-
-def time_samples(fn: Callable[[Any], Any], x: Any, warmup: int, runs: int) -> list[float]:
-    """``warmup`` untimed calls, then the ms of each of ``runs`` calls (GC paused)."""
-    for _ in range(warmup):
-        fn(x)
-    samples = []
-    gc_was_on = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn(x)
-            samples.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        if gc_was_on:
-            gc.enable()
-    return samples
-
-
-@dataclass
 class Prepared:
     """One system ready to run a model: ``fn(x)`` is one inference of the torch tensor ``x``."""
 
@@ -145,6 +64,18 @@ class Prepared:
     info: dict = field(default_factory=dict)  # extra report fields (sepconv: tuned state)
     timer: Callable[[torch.Tensor, int, int], Timing] | None = None  # its own clock, if any
     close: Callable[[], None] | None = None
+
+
+def missing_packages(*modules: str) -> str | None:
+    """Why a peer's Python packages cannot run here (the first that does not import), or None."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return f"{exc.name or name} is not installed (pip install 'sepconv[bench]')"
+    return None
 
 
 class Peer:
@@ -174,10 +105,23 @@ class Peer:
         return root
 
 
+def _onnx_source(module):
+    """The ONNX ModelFile behind a bench reference module, or None (a PyTorch model)."""
+    source = getattr(module, "sepconv_source", None)
+    return source if source is not None and source.kind == "onnx" else None
+
+
+def _require_torch_model(module, peer: str) -> None:
+    if _onnx_source(module) is not None:
+        raise PeerUnavailable(f"the model is an ONNX file: there is no PyTorch model for {peer}")
+
+
 class TorchEager(Peer):
     name = "torch"
 
     def prepare(self, module, example):
+        _require_torch_model(module, self.name)
+
         def fn(x):
             with torch.no_grad():
                 return module(x)
@@ -208,6 +152,7 @@ class TorchCompile(Peer):
         return reason
 
     def prepare(self, module, example):
+        _require_torch_model(module, self.name)
         # Models of one class share forward's code object: without a reset, dynamo's recompile
         # limit would silently run later models eagerly.
         torch._dynamo.reset()
@@ -230,14 +175,7 @@ class OnnxRuntime(Peer):
     opset = 17
 
     def available(self):
-        reason = super().available()
-        if reason is None:
-            try:
-                import onnx  # noqa: F401
-                import onnxruntime  # noqa: F401
-            except ImportError as exc:
-                reason = f"{exc.name} is not installed (pip install 'sepconv[bench]')"
-        return reason
+        return super().available() or missing_packages("onnx", "onnxruntime")
 
     def _export(self, module, example, path: Path) -> str:
         errors = []
@@ -261,7 +199,12 @@ class OnnxRuntime(Peer):
         os.close(fd)
         path = Path(name)
         try:
-            exporter = self._export(module.eval(), example, path)
+            source = _onnx_source(module)
+            if source is not None:  # an ONNX file: run it as it is
+                path.write_bytes(source.onnx_model.SerializeToString())
+                exporter = "file"
+            else:
+                exporter = self._export(module.eval(), example, path)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self.settings.threads
             opts.inter_op_num_threads = 1
@@ -279,21 +222,128 @@ class OnnxRuntime(Peer):
         return Prepared(fn, info)
 
 
-def load_for_device(path: Path, device: str):
-    """A loaded artifact on ``device``: local → CompiledModel; rpc:// / tracker:// → the tuning
-    issue's RemoteModel (same call and ``time`` interface, timed on the device)."""
-    if device.strip().lower() in ("local", "localhost", "host", ""):
-        from sepconv.compiler.runtime import load
+def openvino_config(threads: int) -> dict:
+    """The CPU plugin settings every OpenVINO measurement here uses (bench and profile)."""
+    return {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(threads),
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
 
-        return load(path)
-    try:
-        from sepconv.targets.devices import load_on
-    except ImportError as exc:
-        raise SepconvError(
-            f"device {device!r}: remote devices need the tuning issue's device support "
-            "(sepconv.targets.devices), which this installation lacks; use --device local"
-        ) from exc
-    return load_on(path, device)
+
+class OpenVino(Peer):
+    """OpenVINO's CPU plugin on the module converted directly (``openvino.convert_model``):
+    latency hint, threads pinned to the bench's, fp32 inference precision (no bf16 downcast)."""
+
+    name = "openvino"
+
+    def available(self):
+        return super().available() or missing_packages("openvino")
+
+    def prepare(self, module, example):
+        import openvino as ov
+
+        source = _onnx_source(module)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if source is not None:  # an ONNX file: OpenVINO reads it as it is
+                    fd, name = tempfile.mkstemp(suffix=".onnx", dir=self.workdir())
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(source.onnx_model.SerializeToString())
+                    try:
+                        ov_model = ov.convert_model(name)
+                    finally:
+                        os.unlink(name)
+                else:
+                    ov_model = ov.convert_model(module.eval(), example_input=example)
+        except Exception as exc:  # noqa: BLE001 - a conversion failure means "cannot run here"
+            raise PeerUnavailable(f"openvino.convert_model failed: {_first_line(exc)}") from exc
+        config = openvino_config(self.settings.threads)
+        compiled = ov.Core().compile_model(ov_model, "CPU", config)
+        request = compiled.create_infer_request()
+        n_out = len(compiled.outputs)
+
+        def fn(x):
+            request.infer({0: x.numpy()})
+            return [request.get_output_tensor(i).data.copy() for i in range(n_out)]
+
+        return Prepared(fn, {"version": ov.__version__, "device": "CPU", **config})
+
+
+EXECUTORCH_INSTALL = (
+    "pip install executorch (its wheel must match the installed torch; it links libtorch)"
+)
+
+
+class ExecuTorchXnnpack(Peer):
+    """ExecuTorch with the XNNPACK delegate: ``torch.export`` → ``to_edge_transform_and_lower``
+    with ``XnnpackPartitioner`` → ``.pte`` program run by ExecuTorch's runtime (its threadpool
+    set to the bench's threads)."""
+
+    name = "executorch"
+
+    def available(self):
+        reason = super().available()
+        if reason is not None:
+            return reason
+        try:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (  # noqa: F401
+                XnnpackPartitioner,
+            )
+            from executorch.runtime import Runtime  # noqa: F401
+        except ImportError as exc:
+            return f"executorch is not installed or does not import ({exc}); {EXECUTORCH_INSTALL}"
+        except Exception as exc:  # noqa: BLE001 - an ABI mismatch with torch shows up here
+            return f"executorch does not load with torch {torch.__version__}: {_first_line(exc)}"
+        return None
+
+    def prepare(self, module, example):
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.runtime import Runtime
+
+        _require_torch_model(module, self.name)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                ep = torch.export.export(module.eval(), (example,))
+                program = to_edge_transform_and_lower(
+                    ep, partitioner=[XnnpackPartitioner()]
+                ).to_executorch()
+        except Exception as exc:  # noqa: BLE001 - lowering failure: cannot run this model
+            raise PeerUnavailable(f"ExecuTorch lowering failed: {_first_line(exc)}") from exc
+        try:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(self.settings.threads)
+            threads = int(portable_lib._threadpool_get_thread_count())
+        except Exception:  # noqa: BLE001 - private API: keep its default pool
+            log.debug("could not set ExecuTorch's thread count", exc_info=True)
+            threads = None
+        buffer = program.buffer  # the loaded program reads this memory: keep it alive
+        loaded = Runtime.get().load_program(buffer)
+        method = loaded.load_method("forward")
+
+        def fn(x, _keep=(buffer, loaded)):
+            return method.execute([x])
+
+        info = {"delegate": "XnnpackPartitioner", "threads": threads}
+        try:
+            from importlib import metadata
+
+            info["version"] = metadata.version("executorch")
+        except Exception:  # noqa: BLE001
+            pass
+        return Prepared(fn, info)
+
+
+def load_for_device(path: Path, device: str):
+    """A loaded artifact on ``device`` (local, rpc://, tracker://): one CompiledModel, with the
+    same call and timing interface wherever it runs (timed on the device when remote)."""
+    from sepconv.compiler.runtime import load
+
+    return load(path, device)
 
 
 class Sepconv(Peer):
@@ -319,11 +369,13 @@ class Sepconv(Peer):
     def prepare(self, module, example):
         import sepconv
 
-        name = type(module).__name__
+        source = getattr(module, "sepconv_source", None)  # a model file: compile the file's graph
+        name = type(module).__name__ if source is None else source.name
         # one path per peer: dlopen hands back an already-loaded library for a reused path
         out = self.workdir() / f"{self.name}-{name}-{example.shape[-1]}-{os.getpid()}-{id(module)}"
         art = sepconv.compile(
-            module, target=self.settings.target, out=out, example_input=example, force=True,
+            module if source is None else source, target=self.settings.target, out=out,
+            example_input=example, force=True,
             tune_logs=self.settings.tune_logs if self.tuned else False,
             sepconv_ops=self.sepconv_ops,
         )  # fmt: skip
@@ -345,8 +397,7 @@ class Sepconv(Peer):
         if not self.settings.is_local:
 
             def timer(x, warmup, runs):
-                t = model.time(x.numpy(), warmup=warmup, runs=runs)
-                return Timing(t["median_ms"], t["p10_ms"], t["p90_ms"], t["runs"], DEVICE_CLOCK)
+                return model.timing(x.numpy(), warmup=warmup, runs=runs)
 
         return Prepared(fn, info, timer)
 
@@ -367,25 +418,34 @@ class SepconvUntuned(Sepconv):
 
 
 PEERS: dict[str, type[Peer]] = {
-    p.name: p for p in (TorchEager, TorchCompile, OnnxRuntime, SepconvWithoutOps, SepconvUntuned)
-}
+    p.name: p
+    for p in (
+        TorchEager, TorchCompile, OnnxRuntime, OpenVino, ExecuTorchXnnpack, SepconvWithoutOps,
+        SepconvUntuned,
+    )
+}  # fmt: skip
 """Peers by the names ``--peers`` accepts."""
+
+
+def split_names(spec, valid) -> tuple[list[str], list[str]]:
+    """``"a, b,a"`` or ``["a", "b"]`` → (the names once each, in order; those not in ``valid``)."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec or ())
+    names = list(dict.fromkeys(n.strip() for n in names if isinstance(n, str) and n.strip()))
+    return names, [n for n in names if n not in valid]
 
 
 def parse_peers(spec: str | list | tuple) -> list[str]:
     """``"torch,onnxruntime"`` → ``["torch", "onnxruntime"]``; unknown names raise, listing the
     valid ones. ``""`` / ``"none"`` means no peers (sepconv alone)."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    names = [n.strip() for n in names if isinstance(n, str) and n.strip()]
+    names, unknown = split_names(spec, PEERS)
     if names == ["none"]:
         return []
-    unknown = [n for n in names if n not in PEERS]
     if unknown:
         raise SepconvError(
             f"unknown peer{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; valid "
             f"peers: {', '.join(PEERS)} (comma-separated; sepconv itself is always measured)"
         )
-    return list(dict.fromkeys(names))
+    return names
 
 
 def _first_line(exc: BaseException) -> str:

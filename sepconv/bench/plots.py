@@ -14,6 +14,8 @@ STYLE = {  # system → (marker, colour)
     "torch": ("s", "tab:blue"),
     "torch.compile": ("^", "tab:purple"),
     "onnxruntime": ("D", "tab:green"),
+    "openvino": ("P", "tab:cyan"),
+    "executorch": ("X", "tab:olive"),
 }
 _OTHER = ["v", "P", "X", "*", "h"]
 

@@ -109,6 +109,8 @@ _DISTRIBUTIONS = {
     "torch": "torch",
     "onnxruntime": "onnxruntime",
     "onnx": "onnx",
+    "openvino": "openvino",
+    "executorch": "executorch",
     "numpy": "numpy",
 }
 
@@ -124,22 +126,14 @@ def versions() -> dict:
     return out
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     """The machine the report was made on (the peers run here; sepconv too unless remote)."""
     import psutil
 
+    from sepconv.targets.host import cpu_model_name
+
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model_name(),
         "arch": platform.machine(),
         "cores_physical": psutil.cpu_count(logical=False),
         "cores_logical": psutil.cpu_count(logical=True),

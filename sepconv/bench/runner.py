@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sepconv.errors import SepconvError
+from sepconv.timing import time_interleaved
 
 from .peers import (
     PEERS,
@@ -25,7 +26,6 @@ from .peers import (
     Prepared,
     Sepconv,
     parse_peers,
-    time_interleaved,
 )
 from .report import BenchReport, ModelResult, SystemResult
 
@@ -145,8 +145,12 @@ def run_bench(
     settle_s: float = 1.0,
     build_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    input_shape: str | tuple[int, ...] | list | None = None,
 ) -> BenchReport:
-    """Validate, then time, sepconv and ``peers`` on each zoo model (names with knobs).
+    """Validate, then time, sepconv and ``peers`` on each zoo model (names with knobs) or model
+    file (``.pt2``: the peers run ``ep.module()``; ``.onnx``: the reference and the onnxruntime
+    peer are ONNX Runtime on the file, the torch peers cannot run it). ``input_shape`` fixes a
+    file's dynamic dimensions.
 
     ``threads`` pins torch, ONNX Runtime and TVM (``TVM_NUM_THREADS``, which TVM reads once, when
     its thread pool starts: set it before any TVM code runs, as the CLI does); default: physical
@@ -168,20 +172,21 @@ def run_bench(
             f"need runs ≥ 1, warmup ≥ 0, batch ≥ 1, rounds ≥ 1 (got {runs}, {warmup}, {batch}, "
             f"{rounds})"
         )
+    from sepconv.compiler.model_files import as_model_file
+
+    # a typo or an unreadable file fails now, not after an hour of the models before it
+    models = [as_model_file(m, input_shape) or m for m in models]
     for name in models:
-        parse_name(name)  # a typo fails now, not after an hour of the models before it
+        if isinstance(name, str):
+            parse_name(name)
     threads = threads or physical_cores()
     if threads < 1:
         raise SepconvError(f"threads must be ≥ 1, got {threads}")
     os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's pool starts: before any run
     tspec = resolve_target(target)
     if device.strip().lower() not in ("local", "localhost", "host", ""):
-        try:
-            from sepconv.targets.devices import check_device, parse_device
-        except ImportError as exc:
-            raise SepconvError(
-                "remote devices need the tuning issue's device support (sepconv.targets.devices)"
-            ) from exc
+        from sepconv.targets.devices import check_device, parse_device
+
         device = str(parse_device(device))
         check_device(device)  # a device that does not answer fails now, before any compile
     tmp = None
@@ -260,11 +265,17 @@ def _tvm_threads() -> int | None:
 
 
 def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelResult:
+    from sepconv.compiler.model_files import ModelFile
     from sepconv.models import count_macs, count_params, get_model
 
-    result = ModelResult(name)
+    is_file = isinstance(name, ModelFile)
+    result = ModelResult(name.name if is_file else name)
     try:
-        spec = get_model(name, batch=settings.batch, seed=settings.seed)
+        spec = (
+            _FileSpec(name)
+            if is_file
+            else get_model(name, batch=settings.batch, seed=settings.seed)
+        )
     except SepconvError as exc:
         result.error = str(exc)
         bar.update(2 * len(systems))
@@ -272,9 +283,10 @@ def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelRe
     one = (1, *spec.input_shape[1:])
     result.name, result.family = spec.name, spec.family
     result.input_shape = list(spec.input_shape)
-    result.params = count_params(spec.module)
-    result.macs_per_image = count_macs(spec.module, one)
-    result.macs = result.macs_per_image * spec.input_shape[0]
+    if not is_file:  # a file's graph has no nn.Conv2d modules to count
+        result.params = count_params(spec.module)
+        result.macs_per_image = count_macs(spec.module, one)
+        result.macs = result.macs_per_image * spec.input_shape[0]
     x = spec.example_input(settings.seed)
     with torch.no_grad():
         refs = _arrays(spec.module(x))
@@ -294,6 +306,19 @@ def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelRe
         prepared.clear()
         gc.collect()
     return result
+
+
+class _FileSpec:
+    """A model file in the shape of a zoo ModelSpec: its reference is what the peers run."""
+
+    def __init__(self, mf):
+        self.name, self.family = mf.name, f"{mf.kind} file"
+        self.module = mf.reference()
+        self.input_shape = tuple(mf.inputs[0].shape)
+        self._mf = mf
+
+    def example_input(self, seed: int = 0) -> torch.Tensor:
+        return self._mf.example_inputs(seed)[0]
 
 
 def _time_interleaved(result, prepared, timing_order, x, settings, bar, model) -> None:
