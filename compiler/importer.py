@@ -98,29 +98,28 @@ def import_module(
         example_inputs = (example_inputs,)
     if not all(isinstance(t, torch.Tensor) for t in example_inputs):
         raise ImportFailure("example inputs must be torch tensors")
-    with torch.no_grad():
-        outputs = module.eval()(*example_inputs)
-    if isinstance(outputs, torch.Tensor):
-        outputs = (outputs,)
-    if not all(isinstance(t, torch.Tensor) for t in outputs):
-        raise ImportFailure(
-            f"the model must return a tensor or a tuple of tensors, got {type(outputs).__name__}"
-        )
+    outputs = _eager_outputs(module.eval(), example_inputs)
     exported = export_program(module, tuple(example_inputs))
     return _graph(to_relax(exported), example_inputs, outputs)
 
 
 def import_exported(exported, example_inputs: tuple[torch.Tensor, ...]) -> ImportedGraph:
     """An ``ExportedProgram`` (e.g. from a ``.pt2`` file) with static inputs → ImportedGraph."""
+    outputs = _eager_outputs(exported.module(), example_inputs)
+    return _graph(to_relax(exported), example_inputs, outputs)
+
+
+def _eager_outputs(fn, example_inputs) -> tuple[torch.Tensor, ...]:
+    """The eager outputs (their shapes and dtypes become the artifact's output signature)."""
     with torch.no_grad():
-        outputs = exported.module()(*example_inputs)
+        outputs = fn(*example_inputs)
     if isinstance(outputs, torch.Tensor):
         outputs = (outputs,)
     if not all(isinstance(t, torch.Tensor) for t in outputs):
         raise ImportFailure(
             f"the model must return a tensor or a tuple of tensors, got {type(outputs).__name__}"
         )
-    return _graph(to_relax(exported), example_inputs, outputs)
+    return outputs
 
 
 def _graph(mod, example_inputs, outputs) -> ImportedGraph:
