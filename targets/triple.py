@@ -325,14 +325,6 @@ def codegen_isa(features: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(f for f in features if f.startswith(_CODEGEN_FEATURE_PREFIXES)))
 
 
-def _runs_here(triple: str, features: frozenset[str]) -> bool:
-    """Whether code for ``triple`` with these features can execute on this CPU: same
-    architecture, and no instruction-set feature the CPU lacks."""
-    if _triple_arch(triple) != _host.host_arch():
-        return False
-    return not _host.missing_isa_features(codegen_isa(features))
-
-
 def missing_on_host(target: Target) -> list[str]:
     """What this machine lacks to run CPU code built for ``target``: its architecture when that
     differs (``["aarch64"]``), else the ISA features the host CPU does not have (``["avx512f",
@@ -403,7 +395,7 @@ def _resolve_cpu(triple: str, mcpu: str | None, num_cores: int | None) -> Target
         family=family,
         vector_bits=bits,
         num_cores=num_cores,
-        is_host=_runs_here(triple, features),
+        is_host=not missing_on_host(target),
         mcpu=cpu_name,
         features=reported,
         isa=codegen_isa(features),
