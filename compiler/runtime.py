@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,30 @@ def _last_line(exc: BaseException) -> str:
     return text.splitlines()[-1][:300] if text else type(exc).__name__
 
 
+def _content_named(library: Path, manifest) -> Path:
+    """The library under a name made from its checksum, for ``dlopen``.
+
+    ``dlopen`` hands back the library already loaded under the same path: an artifact rebuilt
+    in place (``--force``) and loaded again in the same process would run the *old* code (seen:
+    a MobileNetV1 rebuilt over a MobileNetV2 called with V2's weight count). A hard link (or a
+    copy) named by the SHA-256 is a new name per content; equal content reuses it.
+    """
+    digest = (manifest.files or {}).get(LIBRARY)
+    if not digest:
+        return library
+    cache = Path(tempfile.gettempdir()) / f"sepconv-libs-{os.getuid()}"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    named = cache / f"{digest[:32]}{library.suffix}"
+    if not named.exists():
+        tmp = cache / f".{named.name}.{os.getpid()}"
+        try:
+            os.link(library, tmp)
+        except OSError:
+            shutil.copyfile(library, tmp)
+        os.replace(tmp, named)
+    return named
+
+
 class CompiledModel:
     """A compiled model ready to run, here or on a remote device. Build one with
     :func:`sepconv.load` (``device=`` ``"cpu"``, ``"cuda"``, ``"rpc://HOST:PORT"`` or
@@ -182,7 +208,7 @@ class CompiledModel:
             if family == "cuda":
                 _prepare_cuda_load(manifest)
             try:
-                lib = tvm.runtime.load_module(str(root / LIBRARY))
+                lib = tvm.runtime.load_module(str(_content_named(root / LIBRARY, manifest)))
             except Exception as exc:
                 raise ArtifactError(
                     f"cannot load {root / LIBRARY}: {exc}; recompile the model"
