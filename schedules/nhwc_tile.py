@@ -157,20 +157,24 @@ def tile_output(
         sch.vectorize(ov)
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
-        _vectorize_tail(sch, epilogue, tile)
-    row = h
-    if parallel:
-        # at least 4 tasks per core (7×7 maps have only 7 rows): add pixel, then channel tiles
-        row = sch.fuse(n, h)
-        for more in (wo, oo) if split_channels else (wo,):
-            if (as_int(sch.get(row).extent) or 1) >= 4 * params.num_cores:
-                break
-            row = sch.fuse(row, more)
-        sch.parallel(row)
+        vectorize_tail(sch, epilogue, tile)
+    row = parallel_rows(sch, n, h, wo, oo, params, split_channels) if parallel else h
     if red:
         # after parallel: the init/update pair is not a "complete" block that parallel accepts
         init = sch.decompose_reduction(block, red[0])
-        _vectorize_tail(sch, init, tile)
+        vectorize_tail(sch, init, tile)
+    return row
+
+
+def parallel_rows(sch, n, h, wo, oo, params: CpuParams, split_channels: bool = True):
+    """Fuse n, h (and, while there are fewer than 4 tasks per core — 7×7 maps have only 7
+    rows —, the pixel tiles, then the channel tiles) into the parallel loop."""
+    row = sch.fuse(n, h)
+    for more in (wo, oo) if split_channels else (wo,):
+        if (as_int(sch.get(row).extent) or 1) >= 4 * params.num_cores:
+            break
+        row = sch.fuse(row, more)
+    sch.parallel(row)
     return row
 
 
@@ -178,7 +182,7 @@ def _out_shape(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:
     return [int(x) for x in sch.get(block).writes[0].source.shape]
 
 
-def _vectorize_tail(sch: s_tir.Schedule, block: SBlockRV, tile: OutputTile) -> None:
+def vectorize_tail(sch: s_tir.Schedule, block: SBlockRV, tile: OutputTile) -> None:
     """The block's last loop covers a P × k·V tile: split it into k vectors of V lanes."""
     loops = sch.get_loops(block)
     pix, ch = loops[-2], loops[-1]

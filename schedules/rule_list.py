@@ -22,6 +22,7 @@ from sepconv.schedules.fallback import Fallback
 from sepconv.schedules.fused_dw_pw import FusedDepthwisePointwise
 from sepconv.schedules.gpu import gpu_rules
 from sepconv.schedules.injective import Injective
+from sepconv.schedules.int8_pointwise import Int8Pointwise
 from sepconv.schedules.reduction import Reduction
 from sepconv.schedules.sepconv_conv import SepconvConv
 from sepconv.schedules.sepconv_dw import SepconvDepthwise
@@ -64,6 +65,7 @@ def cpu_rules(target: Target | None = None) -> list:
     del target
     return [
         FusedDepthwisePointwise(),
+        Int8Pointwise(),
         SepconvDepthwise(),
         SepconvPointwise(),
         SepconvConv(),

@@ -60,6 +60,18 @@ def _x86_vector_bits(target: Target) -> int:
     return 128
 
 
+def target_features(target: Target, names=("avx2", "avx512f", "avx512bw", "avx512vnni")) -> set:
+    """Which of ``names`` the (x86) target has, by LLVM's reading of its mcpu and mattr."""
+    from tvm.target.codegen import target_has_features
+
+    if _arch(target) != "x86":
+        return set()
+    try:
+        return {n for n in names if target_has_features(n, target)}
+    except Exception:  # noqa: BLE001 - features LLVM cannot parse: none assumed
+        return set()
+
+
 def _arch(target: Target) -> str:
     triple = str(target.attrs.get("mtriple", "") or "")
     keys = set(target.keys)

@@ -1,0 +1,133 @@
+"""The u8 × s8 → s32 dot-product tensor intrinsics the int8 rules tensorize with.
+
+One intrinsic: ``C[L] += Σ_k u8 A[k] · s8 B[L, k]`` for k < 4 — four input channels of one
+pixel (broadcast as one 32-bit word) against L output channels' packed weights. Per ISA:
+  avx2        L = 8:  ``vpmaddubsw`` (u8·s8 pairs → s16, saturating) + ``vpmaddwd`` by 1 → s32.
+              Exact only while a pair's sum fits in s16: 2·127·128 = 32512 does, 2·255·128 does
+              not — so x86 without VNNI quantizes activations to 0…127 (PT2E ``reduce_range``,
+              as ONNX Runtime does there).
+  avx512bw    L = 16: the same pair, 512-bit
+  avx512vnni  L = 16: ``vpdpbusd`` (no s16 step: the full u8 range)
+TVM ships the two AVX-512 ones (``tvm.s_tir.tensor_intrin.x86``) but no AVX2 int8 dot, and
+importing its package costs ≈25 s (FACTS); one factory here makes all three, by lanes and
+instruction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+
+_PAIR = {  # lanes → (u8·s8 pairs → s16, s16 pairs → s32)
+    8: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
+    16: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
+}
+_VNNI = {16: "llvm.x86.avx512.vpdpbusd.512"}
+
+
+def _desc(lanes: int):
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
+
+
+def _impl_pairs(lanes: int):
+    to_s16, to_s32 = _PAIR[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
+            b = B.vload([0, 0], dtype=f"int8x{4 * lanes}")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(to_s16), a, b, dtype=f"int16x{2 * lanes}"
+            )
+            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(to_s32),
+                pairs,
+                T.broadcast(T.int16(1), 2 * lanes),
+                dtype=f"int32x{lanes}",
+            )
+
+    return impl
+
+
+def _impl_vnni(lanes: int):
+    dot = _VNNI[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            # LLVM 22 declares vpdpbusd on <64 x i8> operands: <16 x i32> ones, as TVM's own
+            # VNNI intrinsic passes them, fail LLVM's verifier (seen with a first version of
+            # this factory written the same way)
+            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a = T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
+            b = B.vload([0, 0], dtype=f"int8x{4 * lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(dot),
+                C.vload([0], dtype=f"int32x{lanes}"),
+                a,
+                b,
+                dtype=f"int32x{lanes}",
+            )
+
+    return impl
+
+
+@dataclass(frozen=True)
+class DotIntrinsic:
+    name: str
+    lanes: int
+    full_range: bool  # u8 activations may use 0…255 (no s16 saturation step)
+
+
+def dot_intrinsic(features) -> DotIntrinsic | None:
+    """The u8·s8 dot a target's features allow (registered on first use); None: no such dot."""
+    features = set(features)
+    if "avx512vnni" in features:
+        lanes, kind = 16, "vnni"
+    elif "avx512bw" in features:
+        lanes, kind = 16, "pairs"
+    elif "avx2" in features:
+        lanes, kind = 8, "pairs"
+    else:
+        return None
+    name = f"sepconv_dot_{lanes}x4_{kind}"
+    if name not in _REGISTERED:
+        from tvm.s_tir import TensorIntrin
+
+        impl = _impl_vnni(lanes) if kind == "vnni" else _impl_pairs(lanes)
+        TensorIntrin.register(name, _desc(lanes), impl, override=True)
+        _REGISTERED.add(name)
+    return DotIntrinsic(name, lanes, full_range=kind == "vnni")
+
+
+_REGISTERED: set[str] = set()
