@@ -95,6 +95,16 @@ def prepare_graph(
     blocks become embedded Triton kernels (:mod:`sepconv.compiler.triton_ops`), whose counts go
     into ``triton_stats`` when it is a dict.
     """
+    from sepconv.compiler.int8.lowering import is_quantized
+
+    if is_quantized(graph.mod):
+        return _prepare_quantized(graph, target, sepconv_ops)
+    if precision == "int8":
+        raise CompileError(
+            "precision='int8' needs a quantized graph: give calibration data "
+            "(sepconv.compile(..., precision='int8', calibration=DATA), or `sepconv compile "
+            "--precision int8 --calibration DATA`) or a PT2E-quantized ExportedProgram / .pt2"
+        )
     mod = fold_batch_norm(graph.mod)
     mod = relax.transform.FoldConstant()(mod)
     stats = None
@@ -119,12 +129,33 @@ def prepare_graph(
     return mod, weights, stats
 
 
+def _prepare_quantized(graph: ImportedGraph, target: tvm.target.Target, sepconv_ops: bool):
+    """A PT2E-quantized graph: its quantized units become our integer operators (before any
+    constant folding, which would turn the int8 weights back into float ones)."""
+    if target.kind.name != "llvm":
+        raise CompileError(
+            f"int8 compiles for CPU targets (x86_64, aarch64); not for {target.kind.name}"
+        )
+    mod, stats = graph.mod, None
+    if sepconv_ops:
+        from sepconv.compiler.int8.lowering import lower_quantized
+
+        mod, q = lower_quantized(mod, target)
+        stats = {"int8": q.to_json()}
+    mod = relax.transform.FoldConstant()(mod)
+    mod = fast_sigmoid(mod)
+    mod, weights = lift_constants(mod)
+    return mod, weights, stats
+
+
 def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Legalize to TIR and fuse, exactly as tuning task extraction sees the graph."""
+    from sepconv.compiler.int8.lowering import LEGALIZE
+
     with target:
         seq = tvm.transform.Sequential(
             [
-                relax.transform.LegalizeOps(),
+                relax.transform.LegalizeOps(LEGALIZE),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),
                 relax.transform.FuseOps(),
@@ -224,7 +255,9 @@ def build(
     ``precision`` is ``"fp32"`` or ``"fp16"`` (see :func:`prepare_graph`).
     """
     on_stage = on_stage or (lambda _name: None)
-    stats = BuildStats(precision=precision)
+    from sepconv.compiler.int8.lowering import is_quantized
+
+    stats = BuildStats(precision="int8" if is_quantized(graph.mod) else precision)
     is_cuda = target.kind.name == "cuda"
     if is_cuda:
         stats.triton_ops = {} if sepconv_ops else None

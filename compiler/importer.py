@@ -66,10 +66,16 @@ def to_relax(exported) -> object:
     """ExportedProgram → Relax IRModule with params bound as constants."""
     from tvm.relax.frontend.torch import from_exported_program
 
+    from sepconv.compiler.int8.qdq_import import QDQ_CONVERTERS, is_quantized_program
+
+    # A PT2E-quantized graph carries quantize/dequantize ops the frontend has no converter for.
+    custom = QDQ_CONVERTERS if is_quantized_program(exported) else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return from_exported_program(exported, keep_params_as_input=False)
+            return from_exported_program(
+                exported, keep_params_as_input=False, custom_convert_map=custom
+            )
     except AssertionError as exc:
         match = re.search(r"Unsupported function types \[(.*?)\]", str(exc))
         if match:

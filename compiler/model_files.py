@@ -142,6 +142,7 @@ class ProgramModule(torch.nn.Module):
     def __init__(self, program):
         super().__init__()
         object.__setattr__(self, "_graph_module", program.module())  # not a registered child
+        object.__setattr__(self, "program", program)  # what int8 quantizes again (ptq)
 
     def forward(self, *xs: torch.Tensor):
         return self._graph_module(*xs)

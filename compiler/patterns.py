@@ -13,6 +13,8 @@ matcher. All patterns are ``tvm.relax.dpl``::
     DepthwisePattern    dw conv [+ b] [→ act]
     SeparablePattern    dw conv [+ b] → act → pw conv [+ b] [→ act] [+ residual]
     SEPattern           x · gate(conv(act(conv(mean_hw(x)) + b1)) + b2)
+    QuantizedConvPattern  quantize(act2(act(conv(dequantize(xq), dequantize(Wq)) + b)
+                                   [+ dequantize(rq)]))   — PT2E's quantized unit (int8)
     normalize_clip      clip → maximum / minimum (the one clip-normalisation pass)
 
 Every spelling the importers write is an alternative of the pattern, not a second matcher:
@@ -495,6 +497,146 @@ class SEPattern:
         if p1.kernel != (1, 1) or p2.kernel != (1, 1) or p1.groups != 1 or p2.groups != 1:
             return None
         return SEMatch(mul.args[0], fc1, act, fc2, gate)
+
+
+@dataclass(frozen=True)
+class QuantParam:
+    """A quantize/dequantize call's parameters: scale and zero point (per tensor or per
+    channel along ``axis``), and the quantized dtype."""
+
+    scale: Any  # numpy array (0-d per tensor)
+    zero_point: Any
+    axis: int
+    dtype: str
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale.size == 1 and self.zero_point.size == 1
+
+
+def quant_param(call: relax.Call) -> QuantParam | None:
+    """A ``relax.quantize`` / ``relax.dequantize`` call's parameters, when they are constants."""
+    scale, zp = call.args[1], call.args[2]
+    if not all(isinstance(v, tvm.ir.expr.Constant) for v in (scale, zp)):
+        return None
+    quantized = call if call.op.name == "relax.quantize" else call.args[0]
+    return QuantParam(
+        scale.value.numpy(), zp.value.numpy(), int(call.attrs["axis"]), dtype_of(quantized)
+    )
+
+
+@dataclass(frozen=True)
+class QuantizedConvMatch:
+    xq: relax.Expr  # the 8-bit input
+    x: QuantParam
+    conv: relax.Call
+    params: ConvParams  # of the float conv (its layouts, stride, padding, groups)
+    wq: tvm.ir.expr.Constant  # int8 weights, the conv's kernel layout
+    w: QuantParam  # per output channel
+    bias: tvm.ir.expr.Constant | None
+    act: Act
+    residual: tuple[relax.Expr, QuantParam] | None  # an 8-bit map added after act
+    act2: Act  # after the residual add (Act("none") without one)
+    out: QuantParam
+    out_bounds: tuple[float, float]  # the integer clamp after quantize (±inf: the dtype's)
+
+
+class QuantizedConvPattern:
+    """PT2E's quantized conv unit::
+
+        [clamp](quantize(act2(act(conv2d(dequantize(xq), dequantize(Wq)) [+ b]) [+ dequantize(rq)])))
+
+    Wq and b constants (the graph's ``astype``/``reshape`` of constants folded first). The
+    residual add may take either side; its activation is any of ActivationPattern's, or none.
+    """
+
+    def __init__(self):
+        dq = is_op("relax.dequantize")
+        self.xq = wildcard()
+        self.dq_x = dq(self.xq, is_const(), is_const())
+        self.wq = is_const()
+        self.dq_w = dq(self.wq, is_const(), is_const())
+        self.conv = is_op("relax.nn.conv2d")(self.dq_x, self.dq_w)
+        self.b = is_const()
+        self.biased = is_op("relax.add")(self.conv, self.b)
+        self.act = ActivationPattern(self.biased | self.conv)
+        self.rq = wildcard()
+        self.dq_r = dq(self.rq, is_const(), is_const())
+        add = is_op("relax.add")
+        self.res = add(self.act.pattern, self.dq_r) | add(self.dq_r, self.act.pattern)
+        self.act2 = ActivationPattern(self.res)
+        self.quantize = is_op("relax.quantize")(
+            self.act2.pattern | self.act.pattern, is_const(), is_const()
+        )
+        self.clamp = ClampPattern(self.quantize)  # a range narrower than the dtype's
+        self.pattern = self.clamp.pattern | self.quantize
+
+    def read(self, m) -> QuantizedConvMatch | None:
+        conv = m[self.conv]
+        params = conv_params(conv)
+        x, w = quant_param(m[self.dq_x]), quant_param(m[self.dq_w])
+        out = quant_param(m[self.quantize])
+        if x is None or w is None or out is None or not (x.per_tensor and out.per_tensor):
+            return None
+        if w.axis != params.kernel_layout.index("O") or w.dtype != "int8":
+            return None
+        bias = m[self.b] if self.biased in m else None
+        if bias is not None:
+            layout = params.out_layout or params.data_layout
+            if params.out_channels is None or not per_channel(bias, params.out_channels, layout):
+                return None
+        act = self.act.read(m)
+        residual, act2 = None, Act("none")
+        if self.res in m:
+            r = quant_param(m[self.dq_r])
+            if r is None or not r.per_tensor or static_shape(m[self.rq]) != params.y_shape:
+                return None
+            residual, act2 = (m[self.rq], r), self.act2.read(m)
+        if act is None or act2 is None:
+            return None
+        bounds = self.clamp.bounds(m) if self.clamp.pattern in m else (-INF, INF)
+        if bounds is None:
+            return None
+        return QuantizedConvMatch(
+            m[self.xq], x, conv, params, m[self.wq], w, bias, act, residual, act2, out, bounds
+        )
+
+
+@dataclass(frozen=True)
+class QuantizedLinearMatch:
+    xq: relax.Expr  # the 8-bit input [N, C]
+    x: QuantParam
+    wq: tvm.ir.expr.Constant  # int8 [O, C]
+    w: QuantParam  # per output channel
+    bias: tvm.ir.expr.Constant
+
+
+class QuantizedLinearPattern:
+    """PT2E's quantized linear with a float output (the classifier):
+    ``b + matmul(dequantize(xq), permute_dims(dequantize(Wq)))``."""
+
+    def __init__(self):
+        dq = is_op("relax.dequantize")
+        self.xq = wildcard()
+        self.dq_x = dq(self.xq, is_const(), is_const())
+        self.wq = is_const()
+        self.dq_w = dq(self.wq, is_const(), is_const())
+        self.matmul = is_op("relax.matmul")(self.dq_x, is_op("relax.permute_dims")(self.dq_w))
+        self.b = is_const()
+        add = is_op("relax.add")
+        self.pattern = add(self.b, self.matmul) | add(self.matmul, self.b)
+
+    def read(self, m) -> QuantizedLinearMatch | None:
+        x, w = quant_param(m[self.dq_x]), quant_param(m[self.dq_w])
+        wq, xs = m[self.wq], static_shape(m[self.xq])
+        if x is None or w is None or not x.per_tensor or w.axis != 0 or w.dtype != "int8":
+            return None
+        ws = static_shape(wq)
+        if xs is None or ws is None or len(xs) != 2 or len(ws) != 2 or xs[1] != ws[1]:
+            return None
+        if static_shape(m[self.b]) not in ((ws[0],), (1, ws[0])):
+            return None
+        return QuantizedLinearMatch(m[self.xq], x, wq, w, m[self.b])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,29 +73,30 @@ def to_channels_last(mod: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.FoldConstant()(out)
 
 
-def _ph(shape, dtype: str, name: str) -> te.Tensor:
+def te_placeholder(shape, dtype: str, name: str) -> te.Tensor:
     """A placeholder with int64 dims, as Relax's own legalized PrimFuncs have (FuseTIR needs the
     buffers of producer and consumer to agree)."""
     return te.placeholder([tirx.IntImm("int64", int(s)) for s in shape], dtype, name=name)
 
 
 def _te_placeholder(expr, name):
-    return _ph(expr.ty.shape, expr.ty.dtype, name)
+    return te_placeholder(expr.ty.shape, expr.ty.dtype, name)
 
 
 def _const(array: np.ndarray) -> relax.Expr:
     return relax.const(np.ascontiguousarray(array))
 
 
-class _Rewriter:
-    """Turns matched calls into call_tir of our TE operators, collecting the new PrimFuncs."""
+class FuncEmitter:
+    """Adds TE operators to a module as PrimFuncs and returns call_tir of them; identical
+    workloads share one PrimFunc (and so one tuning task). Every rewrite to our operators (fp32
+    here, int8 in :mod:`sepconv.compiler.int8.lowering`) emits through it."""
 
     def __init__(self, mod: tvm.IRModule):
         # The BlockBuilder types the new GlobalVars, which call_tir requires.
         self.bb = relax.BlockBuilder(mod)
         self.funcs: dict[str, tuple[relax.GlobalVar, tirx.PrimFunc]] = {}
         self.by_hash: dict[int, tuple[str, tirx.PrimFunc]] = {}
-        self.stats = SeparableStats()
 
     def emit(self, name: str, placeholders, out: te.Tensor, args) -> relax.Expr:
         func = te.create_prim_func([*placeholders, out]).without_attr("global_symbol")
@@ -108,6 +109,20 @@ class _Rewriter:
         gv = self.funcs[self.by_hash[key][0]][0]
         out_ty = relax.TensorType([int(s) for s in out.shape], out.dtype)
         return relax.call_tir(gv, args, out_ty)
+
+    def module(self, main: relax.Function) -> tvm.IRModule:
+        """The module with the new PrimFuncs and ``main`` replaced, dead code removed."""
+        out = self.bb.get()
+        out["main"] = main
+        return relax.transform.DeadCodeElimination()(out)
+
+
+class _Rewriter(FuncEmitter):
+    """Turns matched calls into call_tir of our fp32 TE operators."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.stats = SeparableStats()
 
     # -- single convs -------------------------------------------------------------------------
     def conv(self, call) -> relax.Expr | None:
@@ -123,7 +138,7 @@ class _Rewriter:
         xp = _te_placeholder(x, "x")
         if p.is_depthwise:
             kh, kw, _, k_out = wv.shape
-            wp = _ph((kh, kw, k_out), wv.dtype, "w")
+            wp = te_placeholder((kh, kw, k_out), wv.dtype, "w")
             out = ops.depthwise_nhwc(xp, wp, p.stride, p.padding, p.dilation, p.multiplier)
             self.stats.depthwise += 1
             return self.emit("sepconv_dw", [xp, wp], out, [x, _const(wv.reshape(kh, kw, k_out))])
@@ -131,12 +146,12 @@ class _Rewriter:
             self.stats.left_to_tvm += 1
             return None
         if p.is_pointwise:
-            wp = _ph(wv.shape[2:], wv.dtype, "w")
+            wp = te_placeholder(wv.shape[2:], wv.dtype, "w")
             self.stats.pointwise += 1
             return self.emit(
                 "sepconv_pw", [xp, wp], ops.pointwise_nhwc(xp, wp), [x, _const(wv[0, 0])]
             )
-        wp = _ph(wv.shape, wv.dtype, "w")
+        wp = te_placeholder(wv.shape, wv.dtype, "w")
         self.stats.dense += 1
         out = ops.conv_nhwc(xp, wp, p.stride, p.padding, p.dilation)
         return self.emit("sepconv_conv", [xp, wp], out, [x, w])
@@ -151,7 +166,7 @@ class _Rewriter:
             return None
         if dw.multiplier != 1 or block.dw.bias is None:  # multiplier > 1: not fused (rare)
             return None
-        act = _te_activation(block.act_dw)
+        act = te_activation(block.act_dw)
         if act is None:
             return None
         wdw, wpw = block.dw.w.value.numpy(), block.pw.w.value.numpy()
@@ -159,16 +174,16 @@ class _Rewriter:
         bias = block.dw.bias.value.numpy().reshape(-1)
         x = block.x
         xp = _te_placeholder(x, "x")
-        wdp = _ph((kh, kw, k_out), wdw.dtype, "w_dw")
-        bdp = _ph((k_out,), wdw.dtype, "b_dw")
-        wpp = _ph(wpw.shape[2:], wpw.dtype, "w_pw")
+        wdp = te_placeholder((kh, kw, k_out), wdw.dtype, "w_dw")
+        bdp = te_placeholder((k_out,), wdw.dtype, "b_dw")
+        wpp = te_placeholder(wpw.shape[2:], wpw.dtype, "w_pw")
         out = ops.fused_dw_pw_nhwc(xp, wdp, bdp, wpp, dw.stride, dw.padding, dw.dilation, act)
         self.stats.fused_dw_pw += 1
         args = [x, _const(wdw.reshape(kh, kw, k_out)), _const(bias), _const(wpw[0, 0])]
         return self.emit("sepconv_dw_pw", [xp, wdp, bdp, wpp], out, args)
 
 
-def _te_activation(act: Act) -> Activation | None:
+def te_activation(act: Act) -> Activation | None:
     """The matched activation as a TE expression builder (every kind the patterns name)."""
     f32 = "float32"
     if act.kind == "hswish":
@@ -202,9 +217,7 @@ def rewrite_separable(mod: tvm.IRModule, fuse: bool = True) -> tuple[tvm.IRModul
         main = rewrite_call(pats.pw_conv, lambda e, m: _or(rw.fused(pats.read(m)), e), main)
     conv = is_op("relax.nn.conv2d")(wildcard(), wildcard())
     main = rewrite_call(conv, lambda e, m: _or(rw.conv(m[conv]), e), main)
-    out = rw.bb.get()
-    out["main"] = main
-    out = relax.transform.DeadCodeElimination()(out)
+    out = rw.module(main)
     rw.stats.functions = {name: str(gv) for name, (gv, _) in rw.funcs.items()}
     log.info("separable rewrite: %s", rw.stats.to_json())
     return out, rw.stats

@@ -57,6 +57,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     precision: str = "fp32",
     on_stage: Callable[[str], None] | None = None,
     input_shape: str | tuple[int, ...] | list[tuple[int, ...]] | None = None,
+    calibration=None,
+    observer: str = "histogram",
 ) -> Artifact:
     """Compile a zoo model (by name), an ``nn.Module`` (with ``example_input``), a model file
     (``.pt2`` from ``torch.export.save``, ``.onnx``) or an ``ExportedProgram`` /
@@ -75,6 +77,12 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
 
     CUDA only: ``cuda_graph`` replays the whole model as one CUDA graph (default: on for batch
     1); ``precision="fp16"`` computes in half precision behind a float32 interface.
+
+    CPU: ``precision="int8"`` quantizes after training (PT2E, :mod:`sepconv.compiler.int8`) on
+    ``calibration`` data — a folder of ``.npy`` inputs, one ``.npy``/``.npz`` batch, arrays or an
+    iterable of them; None uses seeded random inputs, which say nothing about accuracy on real
+    data — with ``observer`` ``"histogram"`` (default) or ``"minmax"``. A PT2E-quantized
+    ``ExportedProgram`` / ``.pt2`` compiles to int8 as it is, with its own scales.
     """
     from sepconv.compiler.artifact import versions, write_artifact
     from sepconv.compiler.build import build
@@ -99,7 +107,15 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
             "(force=True) to replace it"
         )
     on_stage("export")
-    graph = import_module(module, inputs)
+    quantized_ref = None
+    if precision == "int8":
+        graph, quantized_ref = _quantized_graph(
+            module, inputs, record, tspec, calibration, observer, seed, on_stage
+        )
+    else:
+        if calibration is not None:
+            raise SepconvError("calibration data is for precision='int8' (--precision int8)")
+        graph = import_module(module, inputs)
     from sepconv.compiler.tuning.database import database_for_build
 
     database, log_dirs = database_for_build(tspec.key, tune_logs)
@@ -132,9 +148,51 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     art = Artifact(path, manifest)
     if validate:
         on_stage("validate")
-        _validate(art.load(), module)
+        if quantized_ref is not None:
+            _validate(art.load(), module, quantized_reference=quantized_ref)
+        else:
+            _validate(art.load(), module)
         _, art.manifest = read_manifest(path, verify=False)
     return art
+
+
+def _quantized_graph(module, inputs, record, tspec, calibration, observer, seed, on_stage):
+    """int8: a PT2E-quantized program as it is, anything else quantized here → (graph, the
+    simulated-quantization reference or None when the program is its own reference)."""
+    from sepconv.compiler.importer import import_exported, import_module
+    from sepconv.compiler.int8.ptq import quantize_model
+    from sepconv.compiler.int8.qdq_import import is_quantized_program
+    from sepconv.compiler.model_files import ModelFile
+
+    source = module
+    if isinstance(module, ModelFile):
+        if module.kind != "pt2":
+            raise SepconvError(
+                f"{module.name}: int8 from an ONNX file is not supported; quantize the PyTorch "
+                "model (a zoo name, an nn.Module or a .pt2 file)"
+            )
+        if is_quantized_program(module.program):
+            if calibration is not None:
+                raise SepconvError(
+                    f"{module.name} is already quantized (PT2E); drop the calibration data"
+                )
+            return import_module(module, inputs), None
+        source = module.program
+    if tspec.target.kind.name != "llvm":
+        raise SepconvError(f"int8 compiles for CPU targets (x86_64, aarch64), not {tspec.triple}")
+    on_stage("calibrate and quantize")
+    exported, quant = quantize_model(
+        source, inputs, calibration=calibration, target_arch=tspec.host_arch, observer=observer,
+        seed=seed, full_range="avx512vnni" in tspec.isa,
+    )  # fmt: skip
+    if quant["calibration"]["kind"] == "random":
+        log.warning(
+            "int8 without calibration data: calibrated on %d seeded random inputs; accuracy on "
+            "real inputs needs representative data (--calibration DATA)",
+            quant["samples"],
+        )
+    record["quantization"] = quant
+    return import_exported(exported, inputs), exported.module()
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> CompiledModel:
@@ -183,6 +241,8 @@ def _validate(
     num_inputs: int = 3,
     record: bool = True,
     bisect: bool = False,
+    quantized_reference=None,
+    min_sqnr_db: float | None = None,
 ) -> ValidationReport:
     """Compare a compiled model with eager PyTorch on seeded inputs.
 
@@ -190,8 +250,21 @@ def _validate(
     or None to rebuild the zoo model the artifact names. The result is written into the manifest.
     ``bisect=True`` also locates the first compiled function whose output leaves the tolerance
     (``report.bisect``, a :class:`~sepconv.compiler.bisect.BisectReport`; see :func:`bisect`).
+
+    An int8 artifact is compared with the simulated quantization (rebuilt from the recorded
+    calibration, or ``quantized_reference``) and with fp32 (``min_sqnr_db`` overrides the fp32
+    SQNR floor): an :class:`~sepconv.compiler.int8.accuracy.Int8ValidationReport`.
     """
     compiled = model if isinstance(model, CompiledModel) else _load(model)
+    if compiled.manifest.build.get("precision") == "int8":
+        report = _validate_int8(
+            compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db
+        )
+        if record:
+            record_validation(compiled.path, compiled.manifest, report.to_json())
+        if bisect:
+            raise SepconvError("--bisect works on fp32 artifacts; int8 bisection is not built yet")
+        return report
     from sepconv.compiler.model_files import as_model_file
 
     shapes = [tuple(t.shape) for t in compiled.inputs]
@@ -223,6 +296,40 @@ def _validate(
             compiled, reference, model_name=report.model, seed=seed, num_inputs=num_inputs
         )
     return report
+
+
+def _validate_int8(compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db=None):
+    """int8: against simulated quantization (the PT2E program) and, when there is one, fp32."""
+    from sepconv.compiler.int8.accuracy import validate_int8
+    from sepconv.compiler.int8.ptq import quantized_reference as rebuild
+    from sepconv.compiler.model_files import as_model_file
+    from sepconv.compiler.validation import seeded_inputs
+
+    shapes = [tuple(t.shape) for t in compiled.inputs]
+    quant = compiled.manifest.model.get("quantization")
+    if reference is not None and not isinstance(reference, torch.nn.Module):
+        mf = as_model_file(reference, shapes)
+        if mf is not None:
+            reference = mf.reference()
+        else:
+            from sepconv.models import get_model
+
+            reference = get_model(reference, batch=shapes[0][0], seed=seed).module
+    if quant is None:  # a PT2E-quantized program: it is its own simulated-quantization reference
+        qref = quantized_reference or reference or _reference_for(compiled)
+        fref = None
+    else:
+        fref = reference if reference is not None else _reference_for(compiled)
+        if quantized_reference is None:
+            inputs = tuple(torch.from_numpy(a) for a in seeded_inputs(compiled.inputs, seed))
+            quantized_reference = rebuild(quant, fref, inputs)
+        qref = quantized_reference
+    from sepconv.compiler.int8.accuracy import MIN_SQNR_DB
+
+    return validate_int8(
+        compiled, qref, fref, model_name=compiled.manifest.model.get("name", "?"), seed=seed,
+        num_inputs=num_inputs, min_sqnr_db=MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db,
+    )  # fmt: skip
 
 
 validate = _validate  # public name; `compile(validate=True)` shadows it inside compile

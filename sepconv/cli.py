@@ -25,6 +25,8 @@ INPUT_SHAPE_HELP = (
     "separate with ';')"
 )
 EXIT_VALIDATION_FAILED = 1
+# torchao's optional CUDA kernels that fail to load on a CPU machine, torch's deprecation notes
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 class StageProgress:
@@ -83,6 +85,7 @@ def cmd_compile(args) -> int:
 
     progress = StageProgress()
     print(f"compiling {args.model} for {args.target}", file=sys.stderr)
+    logging.getLogger("sepconv.api").addFilter(_printed_by_the_summary)  # added once
     art = sepconv.compile(
         args.model,
         target=args.target,
@@ -100,6 +103,7 @@ def cmd_compile(args) -> int:
         precision=args.precision,
         on_stage=progress,
         input_shape=args.input_shape,
+        **_int8_options(args),
     )
     total = progress.done()
     b = art.manifest.build
@@ -109,7 +113,13 @@ def cmd_compile(args) -> int:
         f"{b['tasks_tuned']} of {b['tasks_total']} tasks tuned"
     )
     ops = b.get("sepconv_ops")
-    if ops:
+    if ops and "int8" in ops:
+        q = ops["int8"]
+        print(
+            f"  int8 operators: {q.get('depthwise', 0)} depthwise, {q.get('pointwise', 0)} "
+            f"pointwise, {q.get('dense', 0)} dense ({q.get('left_to_tvm', 0)} left to TVM)"
+        )
+    elif ops:
         print(
             f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "
             f"{ops['pointwise']} pointwise, {ops['dense']} other convs"
@@ -121,11 +131,33 @@ def cmd_compile(args) -> int:
             f"{tri['se']} SE ({tri['kernels']} distinct); CUDA graph "
             f"{'on' if b.get('cuda_graph') else 'off'}"
         )
+    quant = art.manifest.model.get("quantization")
+    if quant and quant.get("calibration", {}).get("kind") == "random":
+        print(
+            f"  warning: int8 calibrated on {quant.get('samples', '?')} seeded random inputs; "
+            "accuracy on real inputs needs representative data (--calibration DATA)"
+        )
     if art.manifest.validation is not None:
         v = art.manifest.validation
         print(f"  validation: {'PASS' if v['passed'] else 'FAIL'}")
         return 0 if v["passed"] else EXIT_VALIDATION_FAILED
     return 0
+
+
+def _printed_by_the_summary(record: logging.LogRecord) -> bool:
+    """The random-calibration warning: cmd_compile prints it after the summary, not also amid
+    the progress line."""
+    return not record.getMessage().startswith("int8 without calibration data")
+
+
+def _int8_options(args) -> dict:
+    """--calibration / --observer → sepconv.compile's keywords (int8 only)."""
+    if args.precision != "int8":
+        for flag, value in (("--calibration", args.calibration), ("--observer", args.observer)):
+            if value is not None:
+                raise SepconvError(f"{flag} is for --precision int8")
+        return {}
+    return {"calibration": args.calibration, "observer": args.observer or "histogram"}
 
 
 def cmd_validate(args) -> int:
@@ -422,9 +454,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--precision",
-        choices=["fp32", "fp16"],
+        choices=["fp32", "fp16", "int8"],
         default="fp32",
-        help="--target cuda: compute precision behind the float32 interface (default fp32)",
+        help="compute precision behind the float32 interface (default fp32): fp16 for CUDA "
+        "targets, int8 for CPU targets (post-training quantization)",
+    )
+    c.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="--precision int8: calibration inputs, a folder of .npy files (one input or batch "
+        "each) or one .npy / .npz file (default: seeded random inputs, which say nothing about "
+        "accuracy on real data)",
+    )
+    c.add_argument(
+        "--observer",
+        choices=["histogram", "minmax"],
+        default=None,
+        help="--precision int8: how activation ranges are chosen from the calibration data "
+        "(default histogram: minimises the quantization error; minmax: the full observed range)",
     )
     c.add_argument(
         "--no-tune-logs",
@@ -620,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.debug:  # import-time noise of --precision int8's quantizer, not about the model
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     if getattr(args, "threads", None):
         os.environ["TVM_NUM_THREADS"] = str(args.threads)
     try:

@@ -47,3 +47,7 @@ class DeviceError(SepconvError):
 
 class TuningError(SepconvError):
     """A tuning run or tuning log that cannot be used."""
+
+
+class CalibrationError(SepconvError):
+    """int8 calibration data that is missing, empty, of the wrong shape or dtype, or not finite."""

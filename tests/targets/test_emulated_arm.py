@@ -115,3 +115,28 @@ def test_tune_a_depthwise_task_through_the_tracker(emulated_device, tmp_path):
     with load(art.path, emulated_device) as model:
         report = validate_against(model, get_model(MODEL).module, model_name=MODEL, num_inputs=1)
     assert report.passed, report.summary()
+
+
+def test_int8_cross_compiled_runs_on_the_device_and_matches_simulated_quantization(
+    emulated_device, tmp_path
+):
+    """int8 for AArch64 (s8 activations, the sdot operand order) on the emulated device."""
+    import torch
+
+    from sepconv.compiler.int8.accuracy import validate_int8
+    from sepconv.compiler.int8.ptq import quantized_reference
+    from sepconv.compiler.validation import seeded_inputs
+
+    art = sepconv.compile(
+        MODEL, target="aarch64-linux-gnu", out=tmp_path / "mbv2-int8", tune_logs=False,
+        precision="int8",
+    )  # fmt: skip
+    quant = art.manifest.model["quantization"]
+    assert quant["activation_dtype"] == "int8"
+    assert art.manifest.build["sepconv_ops"]["int8"]["left_to_tvm"] == 0
+    fp32 = get_model(MODEL).module
+    with load(art.path, emulated_device) as model:
+        inputs = tuple(torch.from_numpy(a) for a in seeded_inputs(model.inputs, 0))
+        qref = quantized_reference(quant, fp32, inputs)
+        report = validate_int8(model, qref, fp32, model_name=MODEL, num_inputs=2)
+    assert report.passed, report.summary()

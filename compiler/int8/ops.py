@@ -1,0 +1,170 @@
+"""What the integer operators compute (TE), NHWC, channels innermost — the int8 twins of
+:mod:`sepconv.compiler.sepconv_ops`, with the same block names, so the same schedule rules
+recognise them.
+
+One quantized unit is one operator (PT2E's ``dequantize → conv → [act] [+ residual] → quantize``):
+
+    acc[c]  = Σ xq_pad · wq  −  zx · Σ wq[c]          int32, exact; the pad value is zx (the
+                                                      quantized 0), so the correction is exact
+                                                      at the borders too
+    y       = act(acc · (sx·sw[c]) + b[c])            float32, in registers
+    y       = act2(y + sr · (rq − zr))                residual, when the unit has one
+    out     = clip(round(y · (1/sy)) + zy)            round half to even, as torch's quantize
+
+The feature maps in memory are 8-bit; float exists only inside the epilogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import te, tirx
+
+from sepconv.compiler.sepconv_ops import _out_size
+from sepconv.schedules.block_names import CONV, DW, PAD, PW
+
+I32, F32 = "int32", "float32"
+QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+
+Activation = Callable[[object], object]  # PrimExpr → PrimExpr
+
+
+@dataclass(frozen=True)
+class QParams:
+    """A per-tensor affine quantization: real = scale · (q − zero_point)."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "uint8" | "int8"
+    lo: int | None = None  # a clamp narrower than the dtype's range (PT2E reduce_range)
+    hi: int | None = None
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        lo, hi = QRANGE[self.dtype]
+        return (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else min(hi, self.hi))
+
+
+def _pad(xq: te.Tensor, pad: tuple[int, int, int, int], zero_point: int) -> te.Tensor:
+    top, left, bottom, right = pad
+    if not any(pad):
+        return xq
+    n, h, w, c = xq.shape
+    fill = tirx.const(zero_point, xq.dtype)
+    return te.compute(
+        (n, h + top + bottom, w + left + right, c),
+        lambda i, y, z, k: tirx.if_then_else(
+            tirx.all(y >= top, y < h + top, z >= left, z < w + left),
+            xq[i, y - top, z - left, k],
+            fill,
+        ),
+        name=PAD,
+    )
+
+
+def _i32(v):
+    return v.astype(I32)
+
+
+def accumulate(
+    xq: te.Tensor,
+    wq: te.Tensor,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    x_zero_point: int,
+    depthwise: bool,
+) -> te.Tensor:
+    """Σ xq_pad · wq in int32 (no zero-point correction). Weights: depthwise ``[KH, KW, C]``,
+    pointwise ``[C, O]``, dense ``[KH, KW, C, O]``."""
+    n, h, wd, c = xq.shape
+    if len(wq.shape) == 2:  # pointwise
+        rc = te.reduce_axis((0, c), "rc")
+        return te.compute(
+            (n, h, wd, wq.shape[1]),
+            lambda i, y, z, o: te.sum(_i32(xq[i, y, z, rc]) * _i32(wq[rc, o]), axis=rc),
+            name=PW,
+        )
+    kh_, kw_ = wq.shape[0], wq.shape[1]
+    xp = _pad(xq, pad, x_zero_point)
+    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    rh = te.reduce_axis((0, kh_), "kh")
+    rw = te.reduce_axis((0, kw_), "kw")
+
+    def at(i, y, z, k):
+        return xp[i, y * stride[0] + rh * dilation[0], z * stride[1] + rw * dilation[1], k]
+
+    if depthwise:
+        return te.compute(
+            (n, oh, ow, wq.shape[2]),
+            lambda i, y, z, k: te.sum(_i32(at(i, y, z, k)) * _i32(wq[rh, rw, k]), axis=[rh, rw]),
+            name=DW,
+        )
+    rc = te.reduce_axis((0, wq.shape[2]), "rc")
+    return te.compute(
+        (n, oh, ow, wq.shape[3]),
+        lambda i, y, z, k: te.sum(
+            _i32(at(i, y, z, rc)) * _i32(wq[rh, rw, rc, k]), axis=[rh, rw, rc]
+        ),
+        name=CONV,
+    )
+
+
+def pointwise_packed(xq: te.Tensor, wp: te.Tensor) -> te.Tensor:
+    """Σ_c xq[p, c] · W[c, o] with W packed as ``[O/L, C/4, L, 4]``: the dot intrinsic's panel
+    (4 input channels × L output channels contiguous, :mod:`sepconv.schedules.int8_intrinsics`)."""
+    n, h, wd, c = xq.shape
+    lanes = wp.shape[2]
+    rc = te.reduce_axis((0, c), "rc")
+    return te.compute(
+        (n, h, wd, wp.shape[0] * lanes),
+        lambda i, y, z, o: te.sum(
+            _i32(xq[i, y, z, rc]) * _i32(wp[o // lanes, rc // 4, o % lanes, rc % 4]), axis=rc
+        ),
+        name=PW,
+    )
+
+
+def pack_pointwise(w_co: "np.ndarray", lanes: int) -> "np.ndarray":
+    """``[C, O]`` int8 weights → ``[O/L, C/4, L, 4]``."""
+    c, o = w_co.shape
+    return np.ascontiguousarray(w_co.reshape(c // 4, 4, o // lanes, lanes).transpose(2, 0, 3, 1))
+
+
+def quantize_expr(y, out: QParams):
+    """clip(round(y · (1/s)) + z): torch's quantize_per_tensor (multiply by the inverse)."""
+    lo, hi = out.bounds
+    inv = tirx.const(float(1.0 / out.scale), F32)
+    q = tirx.round(y * inv) + tirx.const(float(out.zero_point), F32)
+    q = tirx.max(tirx.min(q, tirx.const(float(hi), F32)), tirx.const(float(lo), F32))
+    return q.astype(out.dtype)
+
+
+def requantize(
+    acc: te.Tensor,
+    correction: te.Tensor,
+    scale: te.Tensor,
+    bias: te.Tensor,
+    act: Activation,
+    out: QParams | None,
+    residual: tuple[te.Tensor, QParams] | None = None,
+    act2: Activation | None = None,
+) -> te.Tensor:
+    """The epilogue: int32 accumulator → float in registers → 8-bit output (see module doc);
+    ``out=None`` leaves the result in float32 (a classifier's logits)."""
+
+    def body(i, y, z, k):
+        v = _i32(acc[i, y, z, k]) - correction[k]
+        v = act(v.astype(F32) * scale[k] + bias[k])
+        if residual is not None:
+            rq, rp = residual
+            r = (rq[i, y, z, k].astype(F32) - tirx.const(float(rp.zero_point), F32)) * tirx.const(
+                float(rp.scale), F32
+            )
+            v = (act2 or (lambda e: e))(v + r)
+        return v if out is None else quantize_expr(v, out)
+
+    return te.compute(acc.shape, body, name="sepconv_requantize")

@@ -1,0 +1,195 @@
+"""Static post-training quantization through PT2E (``torchao.quantization.pt2e``).
+
+PT2E is the field's quantization front end for exported graphs: ``prepare_pt2e`` folds BatchNorm
+into the convs and places observers, calibration runs the model eagerly, ``convert_pt2e`` leaves
+a graph of ``quantize → dequantize`` pairs around each op with int8 weights. That graph is also
+the accuracy reference (simulated quantization with the very scales and zero points we compile).
+
+The scheme, from the target:
+  weights      int8, symmetric, per output channel
+  activations  per tensor, affine; uint8 on x86 (the u8×s8 ``vpmaddubsw``/``vpdpbusd`` operand
+               order), int8 on AArch64 (``sdot`` is s8×s8)
+  observer     ``histogram`` (minimises the L2 quantization error: robust to outliers) or
+               ``minmax``
+The ops grouped into one quantized unit (conv → activation, conv → add → ReLU, …) are the
+quantizer's annotations (torchao's X86 and ARM inductor quantizers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from sepconv.errors import CompileError
+
+OBSERVERS = ("histogram", "minmax")
+DEFAULT_OBSERVER = "histogram"
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    activations: str  # "uint8" | "int8"
+    observer: str
+    reduce_range: bool = False  # uint8 activations in 0…127
+    weights: str = "int8 symmetric per output channel"
+
+    def to_json(self) -> dict:
+        return {
+            "weights": self.weights,
+            "activations": f"{self.activations} affine per tensor",
+            "activation_dtype": self.activations,
+            "activation_range": [0, 127] if self.reduce_range else None,
+            "observer": self.observer,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict) -> QuantScheme:
+        return cls(
+            activations=record["activation_dtype"],
+            observer=record["observer"],
+            reduce_range=record.get("activation_range") is not None,
+        )
+
+
+def scheme_for(
+    target_arch: str, observer: str = DEFAULT_OBSERVER, full_range: bool = False
+) -> QuantScheme:
+    """``full_range``: the target's dot instruction takes u8 activations 0…255 exactly (VNNI);
+    x86 without it quantizes them to 0…127 (``vpmaddubsw``'s s16 pair sum would saturate)."""
+    if observer not in OBSERVERS:
+        raise CompileError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
+    if target_arch == "aarch64":
+        return QuantScheme(activations="int8", observer=observer)
+    return QuantScheme(activations="uint8", observer=observer, reduce_range=not full_range)
+
+
+def _quantizer(scheme: QuantScheme):
+    from torchao.quantization.pt2e.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+    from torchao.quantization.pt2e.quantizer.arm_inductor_quantizer import ArmInductorQuantizer
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        QuantizationConfig,
+        X86InductorQuantizer,
+    )
+
+    signed = scheme.activations == "int8"
+    observer = HistogramObserver if scheme.observer == "histogram" else MinMaxObserver
+    eps = {"eps": 2**-12}
+    act = QuantizationSpec(
+        dtype=torch.int8 if signed else torch.uint8,
+        quant_min=-128 if signed else 0,
+        quant_max=127 if signed or scheme.reduce_range else 255,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=observer.with_args(**eps),
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps),
+    )
+    quantizer = ArmInductorQuantizer() if signed else X86InductorQuantizer()
+    quantizer.set_global(QuantizationConfig(act, act, weight, None, False))
+    return quantizer
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def quantize_module(
+    module,  # torch.nn.Module | torch.export.ExportedProgram
+    example_inputs: tuple[torch.Tensor, ...],
+    calibration: Iterable[tuple[torch.Tensor, ...]],
+    scheme: QuantScheme,
+):
+    """Calibrated PT2E quantization → an ExportedProgram of the quantized graph.
+
+    Returns ``(exported, samples)``: the program (what the importer and the reference both run)
+    and how many calibration inputs were seen.
+    """
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from sepconv.compiler.importer import export_program
+
+    if isinstance(module, torch.export.ExportedProgram):  # an fp32 .pt2: already exported
+        graph = module.module()
+    else:
+        graph = export_program(module, example_inputs).module()
+    with _quiet():
+        prepared = prepare_pt2e(graph, _quantizer(scheme))
+    samples = 0
+    with torch.no_grad():
+        for inputs in calibration:
+            prepared(*inputs)
+            samples += 1
+    if samples == 0:
+        raise CompileError("calibration gave no inputs")
+    with _quiet():
+        converted = convert_pt2e(prepared)
+        move_exported_model_to_eval(converted)
+        exported = torch.export.export(converted, tuple(example_inputs))
+    return exported, samples
+
+
+def _signature(inputs) -> tuple[list, list]:
+    return [tuple(t.shape) for t in inputs], [str(t.dtype).removeprefix("torch.") for t in inputs]
+
+
+def quantize_model(
+    module: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    calibration=None,
+    target_arch: str = "x86_64",
+    observer: str = DEFAULT_OBSERVER,
+    seed: int = 0,
+    full_range: bool = False,
+):
+    """Calibrate and quantize → ``(exported, record)``; the record (scheme, observer,
+    calibration source and sample count, tool) goes into the manifest and is enough for
+    :func:`quantized_reference` to rebuild the same program."""
+    import torchao
+
+    from sepconv.compiler.int8.calibration import load_calibration
+
+    shapes, dtypes = _signature(inputs)
+    cal = load_calibration(calibration, shapes, dtypes, seed=seed)
+    scheme = scheme_for(target_arch, observer, full_range)
+    exported, samples = quantize_module(module, inputs, cal.tensors(), scheme)
+    record = {
+        **scheme.to_json(),
+        "calibration": cal.source,
+        "samples": samples,
+        "tool": f"torchao {torchao.__version__} PT2E",
+    }
+    return exported, record
+
+
+def quantized_reference(record: dict, module: torch.nn.Module, inputs):
+    """The simulated-quantization reference of an artifact quantized with ``record``: the same
+    module, calibration and scheme give the same scales and zero points."""
+    from sepconv.compiler.int8.calibration import replay_calibration
+
+    shapes, dtypes = _signature(inputs)
+    cal = replay_calibration(record["calibration"], shapes, dtypes)
+    module = getattr(module, "program", module)  # a .pt2 reference: its ExportedProgram
+    exported, _ = quantize_module(module, inputs, cal.tensors(), QuantScheme.from_json(record))
+    return exported.module()

@@ -1,0 +1,314 @@
+"""The integer operators against torch's fake-quant ops, one quantized unit at a time.
+
+Each case writes one PT2E unit by hand in Relax — ``dequantize(xq) → conv2d(·, dequantize(Wq))
++ b → act [+ dequantize(rq) → act2] → quantize`` — builds it through the whole compiler
+(lowering to our integer operator → its schedule rule → codegen) and compares with the same
+unit run by torch's ``quantized_decomposed`` ops (what PT2E's converted graph runs eagerly).
+The reference sums in float and we sum exactly in int32, so a value on a rounding boundary may
+land one step away: ≤ 1 step everywhere and ≥ 99.9 % exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from tvm import relax
+
+from sepconv.compiler.artifact import TensorInfo
+from sepconv.compiler.build import build
+from sepconv.compiler.importer import ImportedGraph
+from sepconv.targets import resolve_target
+
+pytest.importorskip("torchao", reason="the fake-quant reference ops come with torchao's PT2E")
+import torchao.quantization.pt2e  # noqa: E402, F401 - registers torch.ops.quantized_decomposed
+
+QD = torch.ops.quantized_decomposed
+QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
+TORCH_DTYPE = {"uint8": torch.uint8, "int8": torch.int8}
+ACTS = ("none", "relu", "relu6", "hswish", "silu")
+SX, SR = 0.02, 0.03
+
+
+@dataclass(frozen=True)
+class Unit:
+    kind: str  # depthwise | pointwise | dense
+    c: int
+    o: int
+    hw: int
+    k: int = 1
+    stride: int = 1
+    act: str = "none"
+    residual: bool = False
+    act2: str = "none"  # after the residual add
+    dtype: str = "uint8"  # activations: uint8 (x86), int8 (AArch64)
+    narrow: bool = False  # reduce_range: the input map clamped to 0…127, as PT2E writes it
+
+    @property
+    def groups(self) -> int:
+        return self.c if self.kind == "depthwise" else 1
+
+    @property
+    def id(self) -> str:
+        res = f"+res-{self.act2}" if self.residual else ""
+        extra = ("-s8" if self.dtype == "int8" else "") + ("-narrow" if self.narrow else "")
+        return (
+            f"{self.kind}-c{self.c}o{self.o}-k{self.k}s{self.stride}-{self.hw}x{self.hw}-"
+            f"{self.act}{res}{extra}"
+        )
+
+
+CASES = [
+    # depthwise: K3 / K5, stride 1 / 2, every activation
+    Unit("depthwise", 16, 16, 14, 3, 1, "relu6"),
+    Unit("depthwise", 16, 16, 15, 3, 2, "hswish"),
+    Unit("depthwise", 32, 32, 7, 5, 1, "relu"),
+    Unit("depthwise", 24, 24, 16, 5, 2, "silu"),
+    Unit("depthwise", 8, 8, 9, 3, 1, "none"),
+    Unit("depthwise", 16, 16, 8, 3, 1, "relu6", dtype="int8"),
+    # pointwise: projection (no activation) with and without the residual, expansions
+    Unit("pointwise", 16, 24, 14, act="none"),
+    Unit("pointwise", 24, 24, 8, act="none", residual=True),
+    Unit("pointwise", 16, 16, 8, act="none", residual=True, act2="relu"),
+    Unit("pointwise", 16, 32, 8, act="relu6"),
+    Unit("pointwise", 32, 16, 7, act="hswish"),
+    Unit("pointwise", 16, 32, 6, act="silu"),
+    Unit("pointwise", 12, 16, 8, act="relu"),
+    Unit("pointwise", 32, 32, 7, act="relu6", narrow=True),
+    Unit("pointwise", 24, 24, 8, act="none", residual=True, narrow=True),
+    # dense: the stem (3 input channels, stride 2)
+    Unit("dense", 3, 16, 16, 3, 2, "relu6"),
+    Unit("dense", 3, 16, 16, 3, 2, "hswish"),
+    Unit("dense", 3, 16, 15, 3, 2, "silu"),
+    Unit("dense", 3, 8, 16, 3, 2, "relu"),
+    Unit("dense", 3, 8, 12, 3, 2, "none"),
+]
+
+
+def test_every_activation_and_kind_is_covered():
+    for kind in ("depthwise", "pointwise", "dense"):
+        assert {u.act for u in CASES if u.kind == kind} == set(ACTS), kind
+    kernels = {(u.k, u.stride) for u in CASES if u.kind == "depthwise"}
+    assert kernels >= {(3, 1), (3, 2), (5, 1), (5, 2)}
+
+
+@pytest.fixture(scope="module")
+def host():
+    return resolve_target("host").target
+
+
+# -- the unit, in torch (reference) and in Relax (what the importer writes) ------------------
+
+
+def _torch_act(name: str, v: torch.Tensor) -> torch.Tensor:
+    return {
+        "none": lambda t: t,
+        "relu": F.relu,
+        "relu6": lambda t: t.clamp(0, 6),
+        "hswish": F.hardswish,
+        "silu": lambda t: t * torch.sigmoid(t),
+    }[name](v)
+
+
+def _relax_act(bb: relax.BlockBuilder, name: str, v: relax.Expr) -> relax.Expr:
+    """As torch.export → TVM's frontend writes them (silu: x · sigmoid(x))."""
+    f32 = lambda s: relax.const(np.float32(s))  # noqa: E731
+    if name == "relu":
+        return bb.emit(relax.op.nn.relu(v))
+    if name == "relu6":
+        return bb.emit(relax.op.clip(v, 0.0, 6.0))
+    if name == "hswish":
+        gate = bb.emit(relax.op.clip(relax.op.add(v, f32(3)), 0.0, 6.0))
+        return bb.emit(relax.op.divide(relax.op.multiply(v, gate), f32(6)))
+    if name == "silu":
+        return bb.emit(relax.op.multiply(v, relax.op.sigmoid(v)))
+    return v
+
+
+@dataclass
+class Data:
+    xq: np.ndarray
+    wq: np.ndarray
+    sw: np.ndarray
+    b: np.ndarray
+    zx: int
+    rq: np.ndarray | None
+    zr: int
+
+
+def _data(u: Unit, seed: int = 0, x_fill=None, w_fill=None) -> Data:
+    rng = np.random.default_rng(seed)
+    lo, hi = QRANGE[u.dtype]
+    if u.narrow:
+        hi = 127
+    shape = (1, u.c, u.hw, u.hw)
+    xq = np.full(shape, x_fill) if x_fill is not None else rng.integers(lo, hi + 1, shape)
+    wshape = (u.o, u.c // u.groups, u.k, u.k)
+    wq = np.full(wshape, w_fill) if w_fill is not None else rng.integers(-128, 128, wshape)
+    sw = (rng.random(u.o) * 0.02 + 0.001).astype(np.float32)
+    b = rng.normal(size=u.o).astype(np.float32)
+    oh = (u.hw + 2 * (u.k // 2) - u.k) // u.stride + 1
+    rq = rng.integers(*QRANGE[u.dtype], (1, u.o, oh, oh)).astype(u.dtype) if u.residual else None
+    zx = 0 if u.dtype == "int8" else (60 if u.narrow else 120)
+    zr = 0 if u.dtype == "int8" else 100
+    return Data(xq.astype(u.dtype), wq.astype(np.int8), sw, b, zx, rq, zr)
+
+
+def _float_output(u: Unit, d: Data) -> torch.Tensor:
+    """Everything of the unit before its final quantize, in torch's fake-quant ops."""
+    lo, hi = QRANGE[u.dtype]
+    x = QD.dequantize_per_tensor(torch.from_numpy(d.xq), SX, d.zx, lo, hi, TORCH_DTYPE[u.dtype])
+    w = QD.dequantize_per_channel(
+        torch.from_numpy(d.wq), torch.from_numpy(d.sw), torch.zeros(u.o, dtype=torch.int64),
+        0, -128, 127, torch.int8,
+    )  # fmt: skip
+    y = F.conv2d(x, w, torch.from_numpy(d.b), u.stride, u.k // 2, 1, u.groups)
+    y = _torch_act(u.act, y)
+    if u.residual:
+        r = QD.dequantize_per_tensor(torch.from_numpy(d.rq), SR, d.zr, lo, hi, TORCH_DTYPE[u.dtype])
+        y = _torch_act(u.act2, y + r)
+    return y
+
+
+def _out_qparams(u: Unit, y: torch.Tensor, saturate: bool = False) -> tuple[float, int]:
+    """An observer's choice (the range, 0 included), or a tiny scale that saturates both ends."""
+    qlo, qhi = QRANGE[u.dtype]
+    if saturate:
+        return float(y.abs().max()) / 1000 or 1e-3, (qlo + qhi + 1) // 2
+    lo, hi = min(float(y.min()), 0.0), max(float(y.max()), 0.0)
+    scale = (hi - lo) / (qhi - qlo) or 1.0
+    return scale, int(np.clip(qlo - round(lo / scale), qlo, qhi))
+
+
+def _reference(u: Unit, y: torch.Tensor, sy: float, zy: int) -> np.ndarray:
+    lo, hi = QRANGE[u.dtype]
+    return QD.quantize_per_tensor(y, sy, zy, lo, hi, TORCH_DTYPE[u.dtype]).numpy()
+
+
+def _relax_unit(u: Unit, d: Data, sy: float, zy: int) -> tvm.IRModule:
+    c = lambda a: relax.const(np.asarray(a))  # noqa: E731
+    bb = relax.BlockBuilder()
+    xv = relax.Var("xq", relax.TensorType(d.xq.shape, u.dtype))
+    params = [xv]
+    if u.residual:
+        rv = relax.Var("rq", relax.TensorType(d.rq.shape, u.dtype))
+        params.append(rv)
+    with bb.function("main", params):
+        with bb.dataflow():
+            xin = bb.emit(relax.op.minimum(xv, c(np.uint8(127)))) if u.narrow else xv
+            x = bb.emit(relax.op.dequantize(xin, c(np.float32(SX)), c(np.int32(d.zx)), axis=-1))
+            w = bb.emit(relax.op.dequantize(c(d.wq), c(d.sw), c(np.zeros(u.o, np.int32)), axis=0))
+            v = bb.emit(
+                relax.op.nn.conv2d(x, w, strides=u.stride, padding=u.k // 2, groups=u.groups)
+            )
+            v = bb.emit(relax.op.add(v, c(d.b.reshape(1, u.o, 1, 1))))
+            v = _relax_act(bb, u.act, v)
+            if u.residual:
+                r = bb.emit(relax.op.dequantize(rv, c(np.float32(SR)), c(np.int32(d.zr)), axis=-1))
+                v = _relax_act(bb, u.act2, bb.emit(relax.op.add(v, r)))
+            q = bb.emit_output(
+                relax.op.quantize(v, c(np.float32(sy)), c(np.int32(zy)), axis=-1, out_dtype=u.dtype)
+            )
+        bb.emit_func_output(q)
+    return bb.get()
+
+
+def run_unit(u: Unit, d: Data, target, saturate: bool = False):
+    """(compiled output, reference output, build stats) of one unit."""
+    y = _float_output(u, d)
+    sy, zy = _out_qparams(u, y, saturate)
+    ref = _reference(u, y, sy, zy)
+    inputs = [d.xq] + ([d.rq] if u.residual else [])
+    graph = ImportedGraph(
+        _relax_unit(u, d, sy, zy),
+        [TensorInfo(n, a.shape, u.dtype) for n, a in zip(("xq", "rq"), inputs)],
+        [TensorInfo("out", ref.shape, u.dtype)],
+    )
+    result = build(graph, target)
+    vm = relax.VirtualMachine(result.executable, tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in inputs] + [
+        tvm.runtime.tensor(w) for w in result.weights.values()
+    ]
+    return vm["main"](*args).numpy(), ref, result.stats
+
+
+def assert_lowered(u: Unit, stats) -> None:
+    assert stats.precision == "int8"
+    ops = stats.sepconv_ops["int8"]
+    expected = {k: int(k == u.kind) for k in ("depthwise", "pointwise", "dense")}
+    assert {k: ops[k] for k in expected} == expected, ops
+    assert ops["left_to_tvm"] == 0, ops
+    name = {"depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv"}
+    assert any(name[u.kind] in f for f in stats.primfuncs), stats.primfuncs
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    steps = np.abs(got.astype(np.int32) - ref.astype(np.int32))
+    assert steps.max() <= 1, f"max {steps.max()} steps; {np.mean(steps == 0):.4%} exact"
+    assert np.mean(steps == 0) >= 0.999, f"{np.mean(steps == 0):.4%} exact"
+
+
+@pytest.mark.parametrize("unit", CASES, ids=[u.id for u in CASES])
+def test_unit_matches_fake_quant(unit: Unit, host):
+    got, ref, stats = run_unit(unit, _data(unit), host)
+    assert_lowered(unit, stats)
+    assert_close(got, ref)
+
+
+def test_narrow_pointwise_uses_the_dot_panels_when_the_target_has_them(host):
+    """A pointwise unit whose input is clamped to 0…127 is packed for the u8·s8 dot (AVX2 and
+    AVX-512BW pairs are exact only in that range); a full-range input is not, on those."""
+    from sepconv.schedules.int8_intrinsics import dot_intrinsic
+    from sepconv.schedules.target_params import target_features
+
+    dot = dot_intrinsic(target_features(host))
+    if dot is None:
+        pytest.skip("the host has no u8·s8 dot instruction")
+    narrow = Unit("pointwise", 32, 32, 7, act="relu6", narrow=True)
+    full = Unit("pointwise", 32, 32, 7, act="relu6")
+    for u in (narrow, full):
+        got, ref, stats = run_unit(u, _data(u), host)
+        assert_close(got, ref)
+        packed = stats.sepconv_ops["int8"].get("packed")
+        assert packed == int(u.narrow or dot.full_range), (u.id, stats.sepconv_ops)
+
+
+# -- edge values: the ends of the 8-bit ranges, exact and saturating -------------------------
+
+EDGE_UNITS = [
+    Unit("depthwise", 16, 16, 8, 3, 1, "none"),
+    Unit("pointwise", 32, 16, 6, act="none"),
+    Unit("pointwise", 32, 32, 6, act="none", narrow=True),  # the packed path, where there is one
+    Unit("dense", 3, 16, 12, 3, 2, "none"),
+]
+FILLS = [(0, 127), (0, -128), (255, -128), (255, 127)]
+SATURATING = [(255, 127), (255, -128)]  # the largest positive and negative accumulators
+
+
+@pytest.mark.parametrize("unit", EDGE_UNITS, ids=[u.id for u in EDGE_UNITS])
+def test_edge_values_exact_and_saturating(unit: Unit, host):
+    """Inputs all 0 / all 255 (127 for a narrow input) against weights all −128 / all 127:
+    the largest accumulators a unit can make. With the observer's scale the output must still
+    match; with a scale far too small the outputs saturate at the dtype's ends, as torch's
+    clamp does, never wrapping around."""
+    hi = 127 if unit.narrow else 255
+    ends = list(QRANGE[unit.dtype])
+    for x_fill, w_fill in FILLS:
+        d = _data(unit, x_fill=min(x_fill, hi), w_fill=w_fill)
+        got, ref, stats = run_unit(unit, d, host)
+        assert_lowered(unit, stats)
+        assert_close(got, ref)
+        if (x_fill, w_fill) not in SATURATING:
+            continue
+        got, ref, _ = run_unit(unit, d, host, saturate=True)
+        saturated = np.isin(ref, ends)
+        assert saturated.mean() > 0.5, "the case does not saturate"
+        assert_close(got, ref)
+        np.testing.assert_array_equal(
+            got[saturated], ref[saturated], err_msg=f"x={x_fill} w={w_fill}: not saturated"
+        )
