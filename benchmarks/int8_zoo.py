@@ -1,0 +1,200 @@
+"""int8 zoo: sepconv int8 vs sepconv fp32 vs ONNX Runtime int8 vs ONNX Runtime fp32, one run.
+
+Each zoo model at 224, batch 1, 2 threads. Both int8 systems are calibrated on the same seeded
+inputs (16 by default, :mod:`sepconv.compiler.int8.calibration`): sepconv through PT2E
+(``sepconv.compile(precision="int8")``), ONNX Runtime through ``quantize_static`` on the same
+ONNX export (QDQ, per-channel s8 weights, u8 activations, ``reduce_range`` on CPUs without
+VNNI, as sepconv does). Every system is validated first — sepconv int8 by
+``sepconv.validate`` (simulated quantization + fp32 rules), ONNX Runtime int8 by the same
+metrics against fp32 eager — and the accuracy figures (SQNR dB vs fp32, top-1 agreement with
+fp32 over the validation inputs) are printed beside the times. Medians of interleaved rounds.
+
+    TVM_NUM_THREADS=2 python benchmarks/int8_zoo.py [--models ...] [--calibration DATA]
+    → prints the table; writes benchmarks/results/int8_zoo.json and int8_zoo.md
+
+Random-weight models quantize worse than trained ones: the SQNR figures compare the two
+quantizers on equal terms, they are not the models' real int8 accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ZOO = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+       "efficientnet_b0", "shufflenet_v2")  # fmt: skip
+
+
+def _ort_session(path, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _ort_int8(fp32_path, int8_path, samples, reduce_range):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            s = next(self.it, None)
+            return None if s is None else {"input": s[0]}
+
+    quantize_static(
+        str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
+    )  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(ZOO))
+    p.add_argument("--calibration", help="calibration DATA for both quantizers (default: seeded)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--inputs", type=int, default=8, help="validation inputs")
+    p.add_argument("--out", default=str(RESULTS / "int8_zoo"))
+    args = p.parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    torch.set_num_threads(args.threads)
+
+    import logging
+
+    import sepconv
+
+    logging.getLogger("root").setLevel(logging.ERROR)  # ORT quantization's pre-processing advice
+    from sepconv.bench.limits import measure_limits
+    from sepconv.compiler.int8.accuracy import cosine, sqnr_db
+    from sepconv.compiler.int8.calibration import load_calibration
+    from sepconv.compiler.validation import seeded_inputs
+    from sepconv.models import get_model
+    from sepconv.targets import resolve_target
+    from sepconv.timing import time_interleaved
+
+    tspec = resolve_target("host")
+    reduce_range = "avx512vnni" not in tspec.isa
+    work = Path(tempfile.mkdtemp(prefix="sepconv-int8-"))
+    rows = []
+    for name in args.models:
+        spec = get_model(name)
+        module, x = spec.module, spec.example_input(0)
+        a8 = sepconv.compile(name, out=work / f"{name}-int8", force=True, precision="int8",
+                             calibration=args.calibration)  # fmt: skip
+        a32 = sepconv.compile(name, out=work / f"{name}-fp32", force=True)
+        v8 = sepconv.validate(a8.path, num_inputs=args.inputs)
+        m8, m32 = sepconv.load(a8.path), sepconv.load(a32.path)
+        onnx32, onnx8 = work / f"{name}.onnx", work / f"{name}-int8.onnx"
+        torch.onnx.export(module, (x,), str(onnx32), dynamo=False, opset_version=17,
+                          input_names=["input"])  # fmt: skip
+        cal = load_calibration(args.calibration, [tuple(x.shape)], ["float32"])
+        _ort_int8(onnx32, onnx8, cal.samples, reduce_range)
+        s32, s8 = _ort_session(onnx32, args.threads), _ort_session(onnx8, args.threads)
+        # accuracy of both int8 systems against fp32 eager on the same inputs
+        acc = {"sepconv-int8": [], "onnxruntime-int8": []}
+        top1 = {k: 0 for k in acc}
+        for i in range(args.inputs):
+            xi = seeded_inputs(m8.inputs, i)[0]
+            with torch.no_grad():
+                ref = module(torch.from_numpy(xi)).numpy()
+            for k, got in (("sepconv-int8", m8(xi)), ("onnxruntime-int8", s8.run(None, {"input": xi})[0])):
+                acc[k].append((sqnr_db(got, ref), cosine(got, ref)))
+                top1[k] += int(np.argmax(got) == np.argmax(ref))
+        xn = x.numpy()
+        fns = {
+            "sepconv-int8": lambda: m8(xn),
+            "sepconv-fp32": lambda: m32(xn),
+            "onnxruntime-int8": lambda: s8.run(None, {"input": xn}),
+            "onnxruntime-fp32": lambda: s32.run(None, {"input": xn}),
+        }
+        times = time_interleaved(fns, warmup=10, runs=args.runs, rounds=args.rounds)
+        ms = {k: getattr(t, "median_ms", None) for k, t in times.items()}
+        row = {
+            "model": spec.name, "ms": ms,
+            "sepconv_int8_validation": v8.to_json(),
+            "accuracy_vs_fp32": {k: {"sqnr_db_min": min(a for a, _ in v),
+                                     "sqnr_db_median": float(np.median([a for a, _ in v])),
+                                     "cosine_min": min(c for _, c in v),
+                                     "top1_agree": f"{top1[k]}/{args.inputs}"}
+                                 for k, v in acc.items()},
+            "int8_ops": a8.manifest.build.get("sepconv_ops"),
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps({"model": spec.name, "ms": ms}), flush=True)
+    limits = measure_limits(args.threads)
+    report = {
+        "machine": {"cpu": platform.processor() or _cpu_name(), "target_key": tspec.key,
+                    "mcpu": tspec.mcpu, "threads": args.threads,
+                    "limits": limits if isinstance(limits, dict) else getattr(limits, "__dict__", str(limits))},
+        "calibration": args.calibration or "16 seeded random inputs",
+        "reduce_range": reduce_range,
+        "rows": rows,
+    }  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    md = _markdown(report)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _markdown(report) -> str:
+    lines = [
+        f"int8 zoo on {report['machine']['cpu']} ({report['machine']['target_key']}), "
+        f"{report['machine']['threads']} threads, batch 1, calibration: {report['calibration']}",
+        "",
+        "| model | sepconv int8 ms | sepconv fp32 | ORT int8 | ORT fp32 | int8 vs own fp32 | "
+        "vs ORT int8 | SQNR dB sepconv / ORT (median) | top-1 vs fp32 sepconv / ORT |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        ms, a = r["ms"], r["accuracy_vs_fp32"]
+        s8, s32, o8, o32 = (ms.get(k) for k in
+                            ("sepconv-int8", "sepconv-fp32", "onnxruntime-int8", "onnxruntime-fp32"))  # fmt: skip
+
+        def f(v):
+            return "—" if v is None else f"{v:.2f}"
+
+        def ratio(a_, b_):
+            return "—" if not a_ or not b_ else f"{b_ / a_:.2f}×"
+
+        lines.append(
+            f"| {r['model']} | {f(s8)} | {f(s32)} | {f(o8)} | {f(o32)} | {ratio(s8, s32)} | "
+            f"{ratio(s8, o8)} | {a['sepconv-int8']['sqnr_db_median']:.1f} / "
+            f"{a['onnxruntime-int8']['sqnr_db_median']:.1f} | {a['sepconv-int8']['top1_agree']} / "
+            f"{a['onnxruntime-int8']['top1_agree']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
