@@ -21,12 +21,13 @@ from tvm import te, tirx
 from sepconv.schedules.block_names import CONV, DW, DW_ACT, PAD, PW
 
 
-def _pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int]) -> te.Tensor:
+def pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int], fill: float = 0.0) -> te.Tensor:
+    """Pad H and W with ``fill`` (int8 operators pad with the zero point)."""
     top, left, bottom, right = pad
     if not any(pad):
         return x
     n, h, w, c = x.shape
-    zero = tirx.const(0.0, x.dtype)
+    zero = tirx.const(fill, x.dtype)
     return te.compute(
         (n, h + top + bottom, w + left + right, c),
         lambda i, y, z, k: tirx.if_then_else(
@@ -38,7 +39,7 @@ def _pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int]) -> te.Tensor:
     )
 
 
-def _out_size(size, k, stride, pad_lo, pad_hi, dilation):
+def out_size(size, k, stride, pad_lo, pad_hi, dilation):
     return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -54,9 +55,9 @@ def depthwise_nhwc(
     """y[n,h,w,k] = Σ_{kh,kw} x[n, h·s+kh·d, w·s+kw·d, k // M] · W[kh, kw, k]."""
     n, h, wd, _ = x.shape
     kh_, kw_, k_out = w.shape
-    xp = _pad_nhwc(x, pad)
-    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
-    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    xp = pad_nhwc(x, pad)
+    oh = out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
     rh = te.reduce_axis((0, kh_), "kh")
     rw = te.reduce_axis((0, kw_), "kw")
 
@@ -95,9 +96,9 @@ def conv_nhwc(
     """Dense (groups = 1) conv, HWIO weights: the stem and any full conv."""
     n, h, wd, _ = x.shape
     kh_, kw_, c, o = w.shape
-    xp = _pad_nhwc(x, pad)
-    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
-    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    xp = pad_nhwc(x, pad)
+    oh = out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
     rh = te.reduce_axis((0, kh_), "kh")
     rw = te.reduce_axis((0, kw_), "kw")
     rc = te.reduce_axis((0, c), "rc")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from sepconv.compiler.sepconv_ops import _out_size
-from sepconv.schedules.block_names import CONV, DW, PAD, PW
+from sepconv.compiler.sepconv_ops import out_size, pad_nhwc
+from sepconv.schedules.block_names import CONV, DW, PW
 
 I32, F32 = "int32", "float32"
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -45,23 +45,6 @@ class QParams:
     def bounds(self) -> tuple[int, int]:
         lo, hi = QRANGE[self.dtype]
         return (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else min(hi, self.hi))
-
-
-def _pad(xq: te.Tensor, pad: tuple[int, int, int, int], zero_point: int) -> te.Tensor:
-    top, left, bottom, right = pad
-    if not any(pad):
-        return xq
-    n, h, w, c = xq.shape
-    fill = tirx.const(zero_point, xq.dtype)
-    return te.compute(
-        (n, h + top + bottom, w + left + right, c),
-        lambda i, y, z, k: tirx.if_then_else(
-            tirx.all(y >= top, y < h + top, z >= left, z < w + left),
-            xq[i, y - top, z - left, k],
-            fill,
-        ),
-        name=PAD,
-    )
 
 
 def _i32(v):
@@ -88,9 +71,9 @@ def accumulate(
             name=PW,
         )
     kh_, kw_ = wq.shape[0], wq.shape[1]
-    xp = _pad(xq, pad, x_zero_point)
-    oh = _out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
-    ow = _out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
+    xp = pad_nhwc(xq, pad, x_zero_point)
+    oh = out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
+    ow = out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
     rh = te.reduce_axis((0, kh_), "kh")
     rw = te.reduce_axis((0, kw_), "kw")
 
