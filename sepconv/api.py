@@ -257,13 +257,13 @@ def _validate(
     """
     compiled = model if isinstance(model, CompiledModel) else _load(model)
     if compiled.manifest.build.get("precision") == "int8":
+        if bisect:
+            raise SepconvError("--bisect works on fp32 artifacts; int8 bisection is not built yet")
         report = _validate_int8(
             compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db
         )
         if record:
             record_validation(compiled.path, compiled.manifest, report.to_json())
-        if bisect:
-            raise SepconvError("--bisect works on fp32 artifacts; int8 bisection is not built yet")
         return report
     from sepconv.compiler.model_files import as_model_file
 
