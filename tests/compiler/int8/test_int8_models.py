@@ -20,8 +20,9 @@ pytest.importorskip("torchao", reason="int8 quantizes through torchao's PT2E")
 
 MODELS = [
     "mobilenet_v2:0.35@32",  # inverted residuals, ReLU6: every unit kind, residual adds
-    "mobilenet_v3_small:0.5@32",  # SE with hard-sigmoid, h-swish
-    "efficientnet_b0@32",  # SE with sigmoid, SiLU, K5 depthwise
+    # ~30 s and ~55 s each on 2 cores: in the slow tier, to keep the default one near 20 min
+    pytest.param("mobilenet_v3_small:0.5@32", marks=pytest.mark.slow),  # SE, h-swish
+    pytest.param("efficientnet_b0@32", marks=pytest.mark.slow),  # SE, SiLU, K5 depthwise
 ]
 CLI_MODEL = "mobilenet_v2:0.35@32"
 # What quantization costs is the model's, not the compiler's: these 32×32 random-weight models
