@@ -10,8 +10,8 @@ Two references, on the same seeded inputs:
     layer. Measured (``benchmarks/int8_zoo.py``, AVX2): every operator bit-exact at the zoo's
     layer shapes up to 224 (one flip in 10⁵ elements); small models (mobilenet_v2:0.5@96,
     mobilenet_v3_small:0.5@64) bit-exact end to end; the zoo at 224 18–24 dB against the
-    simulated quantization (TVM's own float build of the same QDQ graph: 29 dB on MobileNetV2,
-    before the rounding fix in ``lowering.legalize_quantize``). A single tie does the most
+    simulated quantization (TVM's own float build of the same QDQ graph departed from PT2E as
+    far in a scratch comparison, before the rounding fix in ``lowering.legalize_quantize``). A single tie does the most
     damage in squeeze-and-excitation: efficientnet_b0@32 is bit-exact on two inputs and 8.8 dB on
     the third, where one pooled channel sits on a tie (6.50000005 in the reference's float sum)
     that TVM's mean rounds the other way, and the SE gate spreads the step over the whole map.

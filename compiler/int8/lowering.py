@@ -119,6 +119,17 @@ def _clamped_quantizes(func: relax.Function) -> set:
     return out
 
 
+def _rescale(x, w, wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel: the float32 rescale sx·sw[c] (float32 · float32, as the reference
+    multiplies them) and the int32 zero-point correction zx·Σ wq[c] (``wq`` output-major)."""
+    o = wq.shape[0]
+    sw = _f32(w.scale).reshape(-1)
+    if sw.size == 1:
+        sw = np.full(o, sw[0], np.float32)
+    wsum = wq.reshape(o, -1).astype(np.int64).sum(axis=1)
+    return _f32(float(x.scale)) * sw, (int(x.zero_point) * wsum).astype(np.int32)
+
+
 class _Lowering(FuncEmitter):
     def __init__(self, mod, dot=None):
         super().__init__(mod)
@@ -142,10 +153,7 @@ class _Lowering(FuncEmitter):
         acc = ops.pointwise_packed(xp, wp) if weights.ndim == 4 else ops.accumulate(
             xp, wp, (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False
         )  # fmt: skip
-        sx, zx = float(q.x.scale), int(q.x.zero_point)
-        sw = _f32(q.w.scale).reshape(-1)
-        scale = _f32(sx) * (np.full(o, sw[0], np.float32) if sw.size == 1 else sw)
-        correction = (zx * wq.astype(np.int64).sum(axis=1)).astype(np.int32)
+        scale, correction = _rescale(q.x, q.w, wq)
         bias = _f32(q.bias.value.numpy()).reshape(-1)
         parts = [te_placeholder((o,), d, nm) for d, nm in
                  (("int32", "corr"), ("float32", "scale"), ("float32", "bias"))]  # fmt: skip
@@ -187,13 +195,8 @@ class _Lowering(FuncEmitter):
         else:
             self.stats.left_to_tvm += 1
             return None
-        sx, zx = float(q.x.scale), int(q.x.zero_point)
-        sw = _f32(q.w.scale).reshape(-1)
-        if sw.size == 1:
-            sw = np.full(o, sw[0], np.float32)
-        scale = _f32(sx) * sw  # float32 · float32, as the reference multiplies them
-        wsum = wq.reshape(o, -1).astype(np.int64).sum(axis=1)
-        correction = (zx * wsum).astype(np.int32)
+        scale, correction = _rescale(q.x, q.w, wq)
+        zx = int(q.x.zero_point)
         bias = (
             np.zeros(o, np.float32) if q.bias is None else _f32(q.bias.value.numpy()).reshape(-1)
         )
