@@ -181,7 +181,7 @@ def _quantized_graph(module, inputs, record, tspec, calibration, observer, seed,
     if tspec.target.kind.name != "llvm":
         raise SepconvError(f"int8 compiles for CPU targets (x86_64, aarch64), not {tspec.triple}")
     on_stage("calibrate and quantize")
-    exported, quant = quantize_model(
+    reference, quant = quantize_model(
         source, inputs, calibration=calibration, target_arch=tspec.host_arch, observer=observer,
         seed=seed, full_range="avx512vnni" in tspec.isa,
     )  # fmt: skip
@@ -192,7 +192,7 @@ def _quantized_graph(module, inputs, record, tspec, calibration, observer, seed,
             quant["samples"],
         )
     record["quantization"] = quant
-    return import_exported(exported, inputs), exported.module()
+    return import_exported(reference.graphs.exported, inputs), reference
 
 
 def load(path: str | os.PathLike, device: str | None = None) -> CompiledModel:
@@ -243,6 +243,7 @@ def _validate(
     bisect: bool = False,
     quantized_reference=None,
     min_sqnr_db: float | None = None,
+    layers: bool = False,
 ) -> ValidationReport:
     """Compare a compiled model with eager PyTorch on seeded inputs.
 
@@ -253,18 +254,25 @@ def _validate(
 
     An int8 artifact is compared with the simulated quantization (rebuilt from the recorded
     calibration, or ``quantized_reference``) and with fp32 (``min_sqnr_db`` overrides the fp32
-    SQNR floor): an :class:`~sepconv.compiler.int8.accuracy.Int8ValidationReport`.
+    SQNR floor): an :class:`~sepconv.compiler.int8.accuracy.Int8ValidationReport`. When the
+    fp32 rule fails, or with ``layers=True``, it also measures every quantized activation against
+    fp32 (``report.layers``) and names the layer where the error grows most.
     """
     compiled = model if isinstance(model, CompiledModel) else _load(model)
     if compiled.manifest.build.get("precision") == "int8":
         if bisect:
             raise SepconvError("--bisect works on fp32 artifacts; int8 bisection is not built yet")
         report = _validate_int8(
-            compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db
+            compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db, layers
         )
         if record:
             record_validation(compiled.path, compiled.manifest, report.to_json())
         return report
+    if layers or min_sqnr_db is not None:
+        raise SepconvError(
+            "layers and min_sqnr_db (--layers, --min-sqnr-db) are for int8 artifacts; this one "
+            f"is {compiled.manifest.build.get('precision', 'fp32')}"
+        )
     from sepconv.compiler.model_files import as_model_file
 
     shapes = [tuple(t.shape) for t in compiled.inputs]
@@ -298,7 +306,9 @@ def _validate(
     return report
 
 
-def _validate_int8(compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db=None):
+def _validate_int8(
+    compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db=None, layers=False
+):
     """int8: against simulated quantization (the PT2E program) and, when there is one, fp32."""
     from sepconv.compiler.int8.accuracy import validate_int8
     from sepconv.compiler.int8.ptq import quantized_reference as rebuild
@@ -329,6 +339,7 @@ def _validate_int8(compiled, reference, quantized_reference, seed, num_inputs, m
     return validate_int8(
         compiled, qref, fref, model_name=compiled.manifest.model.get("name", "?"), seed=seed,
         num_inputs=num_inputs, min_sqnr_db=MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db,
+        layers=layers,
     )  # fmt: skip
 
 

@@ -160,6 +160,17 @@ def _int8_options(args) -> dict:
     return {"calibration": args.calibration, "observer": args.observer or "histogram"}
 
 
+def _int8_validation_options(args) -> dict:
+    """--layers / --min-sqnr-db → sepconv.validate's int8 keywords (only when given, so an
+    fp32 artifact's validation is called as it always was)."""
+    options = {}
+    if args.layers:
+        options["layers"] = True
+    if args.min_sqnr_db is not None:
+        options["min_sqnr_db"] = args.min_sqnr_db
+    return options
+
+
 def cmd_validate(args) -> int:
     import sepconv
 
@@ -169,11 +180,15 @@ def cmd_validate(args) -> int:
         seed=args.seed,
         num_inputs=args.inputs,
         bisect=args.bisect,
+        **_int8_validation_options(args),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
     else:
         print(report.summary())
+        layer_table = getattr(report, "layer_table", lambda: "")()
+        if layer_table:
+            print(layer_table)
         if report.bisect is not None:
             print(report.bisect.summary())
             print(report.bisect.table())
@@ -493,6 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare every compiled function's output with the reference's and name the "
         "first one that leaves the tolerance (one debug rebuild)",
+    )
+    v.add_argument(
+        "--layers",
+        action="store_true",
+        help="int8: measure every quantized activation against fp32 and print the table (done "
+        "anyway when the fp32 rule fails: the layer where the error grows most is named)",
+    )
+    v.add_argument(
+        "--min-sqnr-db",
+        type=float,
+        metavar="DB",
+        help="int8: the SQNR floor against fp32 (default: the one set on the zoo at 224, README)",
     )
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)

@@ -11,24 +11,27 @@ Two references, on the same seeded inputs:
     layer shapes up to 224 (one flip in 10⁵ elements); small models (mobilenet_v2:0.5@96,
     mobilenet_v3_small:0.5@64) bit-exact end to end; the zoo at 224 18–24 dB against the
     simulated quantization (TVM's own float build of the same QDQ graph departed from PT2E as
-    far in a scratch comparison, before the rounding fix in ``lowering.legalize_quantize``). A single tie does the most
-    damage in squeeze-and-excitation: efficientnet_b0@32 is bit-exact on two inputs and 8.8 dB on
-    the third, where one pooled channel sits on a tie (6.50000005 in the reference's float sum)
-    that TVM's mean rounds the other way, and the SE gate spreads the step over the whole map.
-    Rule: the median over the inputs of the SQNR against simulated quantization ≥
-    MIN_SQNR_VS_QUANTIZED_DB (the worst input is reported beside it); a per-operator comparison
-    on the reference's own intermediates would not depend on ties and is the better check (not
-    built yet). Top-1 agreement is reported, not required
-    (random-weight classifiers have near-tied logits
-    that one flipped step reorders). Also reported: the largest difference in steps (an 8-bit step of
-    the output's range, (max − min) / 255) and the fraction of outputs that are exact.
+    far in a scratch comparison, before the rounding fix in ``lowering.legalize_quantize``).
+    A single tie does the most damage in squeeze-and-excitation: efficientnet_b0@32 is
+    bit-exact on two inputs and 8.8 dB on the third, where one pooled channel sits on a tie
+    (6.50000005 in the reference's float sum) that TVM's mean rounds the other way, and the SE
+    gate spreads the step over the whole map. Rule: the median over the inputs of the SQNR
+    against simulated quantization ≥ MIN_SQNR_VS_QUANTIZED_DB (the worst input is reported
+    beside it); a per-operator comparison on the reference's own intermediates would not depend
+    on ties and is the better check (not built yet). Top-1 agreement is reported, not required
+    (random-weight classifiers have near-tied logits that one flipped step reorders). Also
+    reported: the largest difference in steps (an 8-bit step of the output's range,
+    (max − min) / 255) and the fraction of outputs that are exact.
   - **fp32 eager** — what quantization costs: SQNR (dB) = 10·log10(Σ ref² / Σ (int8 − ref)²),
-    cosine similarity, top-1 agreement. Rule: SQNR ≥ MIN_SQNR_DB.
+    cosine similarity, top-1 agreement. Rule: SQNR ≥ MIN_SQNR_DB. When it fails, every
+    quantized activation of the reference is measured against fp32 on the worst input
+    (:mod:`~sepconv.compiler.int8.layer_error`) and the layer where the error grows most is
+    named: quantization collapsed there, whatever the compiler did.
 MIN_SQNR_DB is set from measurement on the calibrated zoo at 224 (README, "int8": 11–19 dB for
 sepconv, 12–20 dB for ONNX Runtime's quantizer on the same calibration): random-weight models
-quantize far worse than trained ones, so it is a floor that catches a collapse (wrong scales, a
-saturating kernel), not an accuracy claim; ``min_sqnr_db`` overrides it (tiny-width models sit
-below it: mobilenet_v1:0.25@64 measured 3 dB).
+quantize far worse than trained ones, so it is a floor that catches a collapse (wrong scales, an
+outlier channel under a per-tensor scale, a saturating kernel), not an accuracy claim;
+``min_sqnr_db`` overrides it (tiny-width models sit below it: mobilenet_v1:0.25@64 measured 3 dB).
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ class Int8ValidationReport:
     )
     reference: str = "PT2E simulated quantization + fp32 eager PyTorch"
     notes: list[str] = field(default_factory=list)
+    # where quantization error enters, on the input worst against fp32 (computed when the fp32
+    # rule fails, or on request): layer_error.LayerError records as dicts, and the worst named
+    layers: list[dict] | None = None
+    error_grows_most_at: str | None = None
     bisect: object = None
 
     def to_json(self) -> dict:
@@ -104,8 +111,18 @@ class Int8ValidationReport:
         ):
             if checked:
                 lines.append(f"  top-1 agreement with {label}: {agree}/{checked}")
+        if self.error_grows_most_at is not None:
+            lines.append(f"  quantization error grows most at {self.error_grows_most_at}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    def layer_table(self) -> str:
+        """Each quantization point's SQNR against fp32 (Markdown), or "" when not computed."""
+        from sepconv.compiler.int8.layer_error import LayerError, table
+
+        if not self.layers:
+            return ""
+        return table([LayerError(**{**e, "shape": tuple(e["shape"])}) for e in self.layers])
 
 
 def sqnr_db(got: np.ndarray, ref: np.ndarray) -> float:
@@ -148,10 +165,16 @@ def validate_int8(
     seed: int = 0,
     num_inputs: int = 3,
     min_sqnr_db: float = MIN_SQNR_DB,
+    layers: bool = False,
 ) -> Int8ValidationReport:
     """Run ``compiled``, the simulated-quantization reference and (when given) the fp32 module
-    on ``num_inputs`` seeded inputs; the worst output over the inputs is reported."""
+    on ``num_inputs`` seeded inputs; the worst output over the inputs is reported.
+
+    When the fp32 rule fails (or ``layers``) and the reference can say where its error enters
+    (:class:`~sepconv.compiler.int8.ptq.SimulatedQuantization`), each quantization point is
+    measured on the input worst against fp32 and the one where the error grows most is named."""
     per_output: dict[str, dict] = {}
+    worst_fp32 = (float("inf"), seed)  # (SQNR, seed of its input)
     tq = [0, 0]
     tf = [0, 0]
     for i in range(num_inputs):
@@ -185,6 +208,7 @@ def validate_int8(
             if frefs is not None:
                 f = frefs[k]
                 s, cs = sqnr_db(g, f), cosine(g, f)
+                worst_fp32 = min(worst_fp32, (s, seed + i))
                 rec["sqnr"] = s if rec["sqnr"] is None else min(rec["sqnr"], s)
                 rec["cos"] = cs if rec["cos"] is None else min(rec["cos"], cs)
                 if g.ndim == 2 and g.shape[1] > 1:
@@ -199,8 +223,16 @@ def validate_int8(
         )
         outputs.append(
             Int8OutputReport(
-                name, r["err"], r["step"], r["err"] / r["step"], r["exact"], sq_median, sq_worst,
-                r["sqnr"], r["cos"], ok,
+                name,
+                r["err"],
+                r["step"],
+                r["err"] / r["step"],
+                r["exact"],
+                sq_median,
+                sq_worst,
+                r["sqnr"],
+                r["cos"],
+                ok,
             )
         )
     passed = bool(all(o.passed for o in outputs))
@@ -213,4 +245,23 @@ def validate_int8(
     )
     if float_reference is None:
         report.notes.append("no fp32 reference (a PT2E-quantized model file): SQNR not measured")
+    if any(o.sqnr_vs_quantized_db < MIN_SQNR_VS_QUANTIZED_DB for o in outputs):
+        report.notes.append(
+            "the compiled model departs from the simulated quantization with the same scales: "
+            "a compiler fault, not quantization error"
+        )
+    fp32_failed = any(o.sqnr_db is not None and o.sqnr_db < min_sqnr_db for o in outputs)
+    if (fp32_failed or layers) and hasattr(quantized_reference, "layer_errors"):
+        _locate(report, compiled, quantized_reference, worst_fp32[1])
     return report
+
+
+def _locate(report: Int8ValidationReport, compiled, reference, input_seed: int) -> None:
+    from sepconv.compiler.int8.layer_error import describe, worst_growth
+
+    tensors = [torch.from_numpy(a) for a in seeded_inputs(compiled.inputs, input_seed)]
+    errors = reference.layer_errors(*tensors)
+    report.layers = [e.to_json() for e in errors]
+    worst = worst_growth(errors)
+    if worst is not None:
+        report.error_grows_most_at = describe(worst)

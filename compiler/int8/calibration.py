@@ -62,7 +62,8 @@ def _check(array, index: int, shapes, dtypes, where: str) -> list[tuple[np.ndarr
         return [arr[None]]
     raise CalibrationError(
         f"{where}: calibration array of shape {list(arr.shape)} does not fit the model's input "
-        f"{list(shape)} (give samples of that shape, or a batch [S, {', '.join(map(str, shape[1:]))}])"
+        f"{list(shape)} (give samples of that shape, or a batch "
+        f"[S, {', '.join(map(str, shape[1:]))}])"
     )
 
 

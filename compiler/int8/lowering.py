@@ -68,7 +68,6 @@ def is_quantized(mod: tvm.IRModule) -> bool:
     return bool(found)
 
 
-
 def fold_qparams(mod: tvm.IRModule) -> tvm.IRModule:
     """``astype(c)`` and ``reshape(c, shape)`` of constants → constants."""
     cast = is_op("relax.astype")(is_const())
@@ -197,9 +196,7 @@ class _Lowering(FuncEmitter):
             return None
         scale, correction = _rescale(q.x, q.w, wq)
         zx = int(q.x.zero_point)
-        bias = (
-            np.zeros(o, np.float32) if q.bias is None else _f32(q.bias.value.numpy()).reshape(-1)
-        )
+        bias = np.zeros(o, np.float32) if q.bias is None else _f32(q.bias.value.numpy()).reshape(-1)
         x = relax.op.permute_dims(q.xq, TO_NHWC)
         n, c, h, w = p.x_shape
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")

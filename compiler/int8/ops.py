@@ -44,7 +44,10 @@ class QParams:
     @property
     def bounds(self) -> tuple[int, int]:
         lo, hi = QRANGE[self.dtype]
-        return (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else min(hi, self.hi))
+        return (
+            lo if self.lo is None else max(lo, self.lo),
+            hi if self.hi is None else min(hi, self.hi),
+        )
 
 
 def _i32(v):
@@ -111,7 +114,7 @@ def pointwise_packed(xq: te.Tensor, wp: te.Tensor) -> te.Tensor:
     )
 
 
-def pack_pointwise(w_co: "np.ndarray", lanes: int) -> "np.ndarray":
+def pack_pointwise(w_co: np.ndarray, lanes: int) -> np.ndarray:
     """``[C, O]`` int8 weights → ``[O/L, C/4, L, 4]``."""
     c, o = w_co.shape
     return np.ascontiguousarray(w_co.reshape(c // 4, 4, o // lanes, lanes).transpose(2, 0, 3, 1))

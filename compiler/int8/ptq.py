@@ -18,6 +18,7 @@ quantizer's annotations (torchao's X86 and ARM inductor quantizers).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from collections.abc import Iterable
@@ -113,17 +114,24 @@ def _quiet():
         yield
 
 
-def quantize_module(
+@dataclass
+class QuantizedGraphs:
+    """One PT2E quantization: the program we compile, and the pair of graphs behind it."""
+
+    exported: torch.export.ExportedProgram  # the quantized program (importer and reference)
+    samples: int  # calibration inputs seen
+    calibrated: torch.fx.GraphModule  # float graph, BatchNorm folded, observers calibrated
+    converted: torch.fx.GraphModule  # convert_pt2e's graph: same node names as ``calibrated``
+
+
+def quantize_graphs(
     module,  # torch.nn.Module | torch.export.ExportedProgram
     example_inputs: tuple[torch.Tensor, ...],
     calibration: Iterable[tuple[torch.Tensor, ...]],
     scheme: QuantScheme,
-):
-    """Calibrated PT2E quantization → an ExportedProgram of the quantized graph.
-
-    Returns ``(exported, samples)``: the program (what the importer and the reference both run)
-    and how many calibration inputs were seen.
-    """
+) -> QuantizedGraphs:
+    """Calibrated PT2E quantization, keeping the float graph it was calibrated on (a copy:
+    ``convert_pt2e`` rewrites the prepared graph in place)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -143,10 +151,18 @@ def quantize_module(
     if samples == 0:
         raise CompileError("calibration gave no inputs")
     with _quiet():
+        calibrated = copy.deepcopy(prepared)
         converted = convert_pt2e(prepared)
         move_exported_model_to_eval(converted)
         exported = torch.export.export(converted, tuple(example_inputs))
-    return exported, samples
+    return QuantizedGraphs(exported, samples, calibrated, converted)
+
+
+def quantize_module(module, example_inputs, calibration, scheme: QuantScheme):
+    """Calibrated PT2E quantization → ``(exported, samples)``: the program (what the importer
+    and the reference both run) and how many calibration inputs were seen."""
+    q = quantize_graphs(module, example_inputs, calibration, scheme)
+    return q.exported, q.samples
 
 
 def _signature(inputs) -> tuple[list, list]:
@@ -163,7 +179,8 @@ def quantize_model(
     seed: int = 0,
     full_range: bool = False,
 ):
-    """Calibrate and quantize → ``(exported, record)``; the record (scheme, observer,
+    """Calibrate and quantize → ``(reference, record)``: the :class:`SimulatedQuantization`
+    (its ``graphs.exported`` is the program to compile) and the record (scheme, observer,
     calibration source and sample count, tool) goes into the manifest and is enough for
     :func:`quantized_reference` to rebuild the same program."""
     import torchao
@@ -173,17 +190,34 @@ def quantize_model(
     shapes, dtypes = _signature(inputs)
     cal = load_calibration(calibration, shapes, dtypes, seed=seed)
     scheme = scheme_for(target_arch, observer, full_range)
-    exported, samples = quantize_module(module, inputs, cal.tensors(), scheme)
+    graphs = quantize_graphs(module, inputs, cal.tensors(), scheme)
     record = {
         **scheme.to_json(),
         "calibration": cal.source,
-        "samples": samples,
+        "samples": graphs.samples,
         "tool": f"torchao {torchao.__version__} PT2E",
     }
-    return exported, record
+    return SimulatedQuantization(graphs), record
 
 
-def quantized_reference(record: dict, module: torch.nn.Module, inputs):
+class SimulatedQuantization:
+    """The simulated-quantization reference of an int8 artifact: calling it runs PT2E's program
+    eagerly; :meth:`layer_errors` says where quantization error enters on one input."""
+
+    def __init__(self, graphs: QuantizedGraphs):
+        self.graphs = graphs
+        self.module = graphs.exported.module()
+
+    def __call__(self, *inputs):
+        return self.module(*inputs)
+
+    def layer_errors(self, *inputs):
+        from sepconv.compiler.int8.layer_error import layer_errors
+
+        return layer_errors(self.graphs.calibrated, self.graphs.converted, inputs)
+
+
+def quantized_reference(record: dict, module: torch.nn.Module, inputs) -> SimulatedQuantization:
     """The simulated-quantization reference of an artifact quantized with ``record``: the same
     module, calibration and scheme give the same scales and zero points."""
     from sepconv.compiler.int8.calibration import replay_calibration
@@ -191,5 +225,5 @@ def quantized_reference(record: dict, module: torch.nn.Module, inputs):
     shapes, dtypes = _signature(inputs)
     cal = replay_calibration(record["calibration"], shapes, dtypes)
     module = getattr(module, "program", module)  # a .pt2 reference: its ExportedProgram
-    exported, _ = quantize_module(module, inputs, cal.tensors(), QuantScheme.from_json(record))
-    return exported.module()
+    graphs = quantize_graphs(module, inputs, cal.tensors(), QuantScheme.from_json(record))
+    return SimulatedQuantization(graphs)
