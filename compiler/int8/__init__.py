@@ -6,4 +6,5 @@ ptq           PT2E (torchao) quantization with our scheme: BN folded, weights s8
 qdq_import    PT2E's quantize/dequantize ops → Relax R.quantize / R.dequantize
 lowering      dequantize → conv → [act] [+ residual] → quantize  ⇒  one integer operator
 accuracy      SQNR, cosine, top-1 agreement, quantization steps
+layer_error   each quantized activation against fp32: where a collapse starts
 """
