@@ -4,10 +4,12 @@ Each zoo model at 224, batch 1, 2 threads. Both int8 systems are calibrated on t
 inputs (16 by default, :mod:`sepconv.compiler.int8.calibration`): sepconv through PT2E
 (``sepconv.compile(precision="int8")``), ONNX Runtime through ``quantize_static`` on the same
 ONNX export (QDQ, per-channel s8 weights, u8 activations, ``reduce_range`` on CPUs without
-VNNI, as sepconv does). Every system is validated first — sepconv int8 by
-``sepconv.validate`` (simulated quantization + fp32 rules), ONNX Runtime int8 by the same
-metrics against fp32 eager — and the accuracy figures (SQNR dB vs fp32, top-1 agreement with
-fp32 over the validation inputs) are printed beside the times. Medians of interleaved rounds.
+VNNI, as sepconv does: :func:`sepconv.bench.peers.ort_quantize_static`, which
+``sepconv bench --precision int8``'s ``onnxruntime-int8`` peer runs too). Every system is
+validated first — sepconv int8 by ``sepconv.validate`` (simulated quantization + fp32 rules),
+ONNX Runtime int8 by the same metrics against fp32 eager — and the accuracy figures (SQNR dB vs
+fp32, top-1 agreement with fp32 over the validation inputs) are printed beside the times.
+Medians of interleaved rounds.
 
     TVM_NUM_THREADS=2 python benchmarks/int8_zoo.py [--models ...] [--calibration DATA]
     → prints the table; writes benchmarks/results/int8_zoo.json and int8_zoo.md
@@ -34,36 +36,6 @@ ZOO = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large
        "efficientnet_b0", "shufflenet_v2")  # fmt: skip
 
 
-def _ort_session(path, threads):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _ort_int8(fp32_path, int8_path, samples, reduce_range):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(samples)
-
-        def get_next(self):
-            s = next(self.it, None)
-            return None if s is None else {"input": s[0]}
-
-    quantize_static(
-        str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        reduce_range=reduce_range,
-    )  # fmt: skip
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(ZOO))
@@ -77,12 +49,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
 
-    import logging
-
     import sepconv
-
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT quantization's pre-processing advice
     from sepconv.bench.limits import measure_limits
+    from sepconv.bench.peers import ort_quantize_static, ort_reduce_range, ort_session
     from sepconv.compiler.int8.accuracy import cosine, sqnr_db
     from sepconv.compiler.int8.calibration import load_calibration
     from sepconv.compiler.validation import seeded_inputs
@@ -91,7 +60,7 @@ def main(argv=None) -> int:
     from sepconv.timing import time_interleaved
 
     tspec = resolve_target("host")
-    reduce_range = "avx512vnni" not in tspec.isa
+    reduce_range = ort_reduce_range()
     work = Path(tempfile.mkdtemp(prefix="sepconv-int8-"))
     rows = []
     for name in args.models:
@@ -106,8 +75,8 @@ def main(argv=None) -> int:
         torch.onnx.export(module, (x,), str(onnx32), dynamo=False, opset_version=17,
                           input_names=["input"])  # fmt: skip
         cal = load_calibration(args.calibration, [tuple(x.shape)], ["float32"])
-        _ort_int8(onnx32, onnx8, cal.samples, reduce_range)
-        s32, s8 = _ort_session(onnx32, args.threads), _ort_session(onnx8, args.threads)
+        ort_quantize_static(onnx32, onnx8, cal.samples, reduce_range)
+        s32, s8 = ort_session(onnx32, args.threads), ort_session(onnx8, args.threads)
         # accuracy of both int8 systems against fp32 eager on the same inputs
         acc = {"sepconv-int8": [], "onnxruntime-int8": []}
         top1 = {k: 0 for k in acc}
@@ -115,15 +84,16 @@ def main(argv=None) -> int:
             xi = seeded_inputs(m8.inputs, i)[0]
             with torch.no_grad():
                 ref = module(torch.from_numpy(xi)).numpy()
-            for k, got in (("sepconv-int8", m8(xi)), ("onnxruntime-int8", s8.run(None, {"input": xi})[0])):
+            outs = (("sepconv-int8", m8(xi)), ("onnxruntime-int8", s8.run(None, {"input": xi})[0]))
+            for k, got in outs:
                 acc[k].append((sqnr_db(got, ref), cosine(got, ref)))
                 top1[k] += int(np.argmax(got) == np.argmax(ref))
         xn = x.numpy()
-        fns = {
-            "sepconv-int8": lambda: m8(xn),
-            "sepconv-fp32": lambda: m32(xn),
-            "onnxruntime-int8": lambda: s8.run(None, {"input": xn}),
-            "onnxruntime-fp32": lambda: s32.run(None, {"input": xn}),
+        fns = {  # timed right here, in this iteration: the loop variables do not move on
+            "sepconv-int8": lambda m8=m8, xn=xn: m8(xn),
+            "sepconv-fp32": lambda m32=m32, xn=xn: m32(xn),
+            "onnxruntime-int8": lambda s8=s8, xn=xn: s8.run(None, {"input": xn}),
+            "onnxruntime-fp32": lambda s32=s32, xn=xn: s32.run(None, {"input": xn}),
         }
         times = time_interleaved(fns, warmup=10, runs=args.runs, rounds=args.rounds)
         ms = {k: getattr(t, "median_ms", None) for k, t in times.items()}
@@ -143,7 +113,8 @@ def main(argv=None) -> int:
     report = {
         "machine": {"cpu": platform.processor() or _cpu_name(), "target_key": tspec.key,
                     "mcpu": tspec.mcpu, "threads": args.threads,
-                    "limits": limits if isinstance(limits, dict) else getattr(limits, "__dict__", str(limits))},
+                    "limits": limits if isinstance(limits, dict)
+                    else getattr(limits, "__dict__", str(limits))},
         "calibration": args.calibration or "16 seeded random inputs",
         "reduce_range": reduce_range,
         "rows": rows,
@@ -178,8 +149,8 @@ def _markdown(report) -> str:
     ]
     for r in report["rows"]:
         ms, a = r["ms"], r["accuracy_vs_fp32"]
-        s8, s32, o8, o32 = (ms.get(k) for k in
-                            ("sepconv-int8", "sepconv-fp32", "onnxruntime-int8", "onnxruntime-fp32"))  # fmt: skip
+        keys = ("sepconv-int8", "sepconv-fp32", "onnxruntime-int8", "onnxruntime-fp32")
+        s8, s32, o8, o32 = (ms.get(k) for k in keys)
 
         def f(v):
             return "—" if v is None else f"{v:.2f}"

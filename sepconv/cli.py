@@ -362,14 +362,16 @@ def cmd_device_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from sepconv.bench import parse_peers, run_bench
+    from sepconv.bench import default_peers, parse_peers, run_bench
 
-    peers = parse_peers(args.peers)
+    peers = parse_peers(default_peers(args.precision) if args.peers is None else args.peers)
+    int8 = _int8_options(args)
     threads = args.threads
     if threads is None and os.environ.get("TVM_NUM_THREADS", "").isdigit():
         threads = int(os.environ["TVM_NUM_THREADS"])
+    ours = "sepconv" + " int8" * (args.precision == "int8")
     print(
-        f"benchmarking {', '.join(args.model)} for {args.target} on {args.device}: sepconv vs "
+        f"benchmarking {', '.join(args.model)} for {args.target} on {args.device}: {ours} vs "
         f"{', '.join(peers) or 'no peers'}",
         file=sys.stderr,
     )
@@ -388,6 +390,9 @@ def cmd_bench(args) -> int:
         tune_logs=[True] * (not args.no_tune_logs) + [args.tune_log] * bool(args.tune_log),
         settle_s=args.settle,
         build_dir=args.build_dir,
+        precision=args.precision,
+        min_sqnr_db=args.min_sqnr_db,
+        **int8,
     )
     files = report.write(args.report)
     print(report.markdown())
@@ -631,11 +636,36 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", "-b", type=int, default=1, help="batch size (default 1)")
     b.add_argument(
         "--peers",
-        default="torch,torch.compile,onnxruntime",
         help="comma-separated peers: torch, torch.compile, onnxruntime, openvino, executorch "
         "(XNNPACK delegate), sepconv-untuned (no tuning records), sepconv-no-ops (TVM's own "
-        "conv2d), or none (default: "
-        "torch,torch.compile,onnxruntime)",
+        "conv2d); int8: onnxruntime-int8 (quantize_static), openvino-int8 (NNCF), sepconv-fp32 "
+        "(beside --precision int8); or none (default: torch,torch.compile,onnxruntime; with "
+        "--precision int8: sepconv-fp32,onnxruntime,onnxruntime-int8,openvino-int8)",
+    )
+    b.add_argument(
+        "--precision",
+        default="fp32",
+        help="sepconv's precision: fp32 (default) or int8 (post-training quantization; the "
+        "int8 systems are checked by SQNR against fp32 eager)",
+    )
+    b.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="--precision int8: calibration inputs for every int8 system (as sepconv compile "
+        "takes them; default: seeded random inputs)",
+    )
+    b.add_argument(
+        "--observer",
+        choices=["histogram", "minmax"],
+        default=None,
+        help="--precision int8: sepconv's activation observer (default histogram)",
+    )
+    b.add_argument(
+        "--min-sqnr-db",
+        type=float,
+        metavar="DB",
+        help="int8 systems: the SQNR floor against fp32 eager (default: the one set on the zoo "
+        "at 224, README)",
     )
     b.add_argument("--runs", "-n", type=int, default=50, help="timed runs (default 50)")
     b.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")

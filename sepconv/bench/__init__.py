@@ -7,10 +7,13 @@ Compile → check → time, in that order::
     report.write("build/report")   # report.json, report.md, latency_vs_macs.png, speedup.png
 
 Every system's output on a seeded input is compared with eager PyTorch (the ``sepconv validate``
-tolerance) before it is timed; one that disagrees is reported ``FAIL`` and never timed. A system
-that cannot run here (not installed, no C++ compiler, export fails, remote device) is reported
-``unavailable`` with the reason. Peers are timed before sepconv with an idle pause before each
-block: TVM's thread pool busy-waits after a run and would slow whatever runs next.
+tolerance; int8 systems: SQNR against fp32 ≥ ``min_sqnr_db``) before it is timed; one that
+disagrees is reported ``FAIL`` and never timed. ``run_bench(..., precision="int8",
+calibration=DATA)`` benchmarks sepconv's int8 against its fp32 and ONNX Runtime's and OpenVINO's
+(NNCF) int8, all calibrated on the same samples. A system that cannot run here (not installed,
+no C++ compiler, export fails, remote device) is reported ``unavailable`` with the reason. Peers
+are timed before sepconv with an idle pause before each block: TVM's thread pool busy-waits
+after a run and would slow whatever runs next.
 
 ``sepconv.profile(artifact)`` (:mod:`sepconv.bench.profile`) breaks one compiled model down by
 fused function against the machine's limits (:mod:`sepconv.bench.limits`), peers beside it.
@@ -31,9 +34,10 @@ from .peers import (
 )
 from .profile import ProfileReport
 from .report import BenchReport, ModelResult, SystemResult
-from .runner import DEFAULT_PEERS, run_bench
+from .runner import DEFAULT_INT8_PEERS, DEFAULT_PEERS, default_peers, run_bench
 
 __all__ = [
+    "DEFAULT_INT8_PEERS",
     "DEFAULT_PEERS",
     "PEERS",
     "BenchReport",
@@ -46,6 +50,7 @@ __all__ = [
     "ProfileReport",
     "SystemResult",
     "Timing",
+    "default_peers",
     "measure_limits",
     "parse_peers",
     "run_bench",

@@ -16,6 +16,9 @@ STYLE = {  # system → (marker, colour)
     "onnxruntime": ("D", "tab:green"),
     "openvino": ("P", "tab:cyan"),
     "executorch": ("X", "tab:olive"),
+    "sepconv-fp32": ("o", "tab:orange"),  # beside --precision int8 (then "sepconv" is int8)
+    "onnxruntime-int8": ("d", "darkgreen"),
+    "openvino-int8": ("p", "darkcyan"),
 }
 _OTHER = ["v", "P", "X", "*", "h"]
 

@@ -352,17 +352,13 @@ def _export_onnx(module, example, workdir: Path) -> Path:
 def _profile_onnxruntime(module, example, threads, warmup, runs, workdir, refs) -> PeerProfile:
     import onnxruntime as ort
 
+    from .peers import ort_session
     from .runner import _validate
 
     path = _export_onnx(module, example, workdir)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(workdir / "ort_profile")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(
+        path, threads, enable_profiling=True, profile_file_prefix=str(workdir / "ort_profile")
+    )
     feed = {sess.get_inputs()[0].name: example.numpy()}
     validation, problem = _validate(sess.run(None, feed), refs)
     for _ in range(warmup + runs):

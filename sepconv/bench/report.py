@@ -22,9 +22,13 @@ SCHEMA = "sepconv-bench/1"
 class SystemResult:
     status: str  # "ok" | "FAIL" | "unavailable"
     reason: str | None = None
-    validation: dict | None = None  # max_abs_error, max_rel_error, tolerance, passed
+    # passed, rule; fp32: max_abs_error, max_rel_error, tolerance; int8: sqnr_db, cosine (vs fp32
+    # eager), min_sqnr_db, and "own" (sepconv int8: sepconv validate's figures)
+    validation: dict | None = None
     latency_ms: dict | None = None  # median, p10, p90, runs, timer — only when status is "ok"
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"  # "fp32" | "int8"
+    fp32_twin: str | None = None  # int8: the fp32 system it quantizes (int8 gain = its ms / ours)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class ModelResult:
     macs_per_image: int | None = None
     systems: dict[str, SystemResult] = field(default_factory=dict)
     error: str | None = None  # the model itself could not be built
+    calibration: dict | None = None  # int8: the samples all int8 systems were calibrated on
 
     def median(self, system: str) -> float | None:
         r = self.systems.get(system)
@@ -51,6 +56,14 @@ class ModelResult:
             name: self.median(name) / ours
             for name in self.systems
             if name != "sepconv" and self.median(name)
+        }
+
+    def int8_speedup(self) -> dict[str, float]:
+        """Each timed int8 system's gain over the fp32 system it quantizes (twin ms / its ms)."""
+        return {
+            name: self.median(r.fp32_twin) / self.median(name)
+            for name, r in self.systems.items()
+            if r.fp32_twin and self.median(name) and self.median(r.fp32_twin)
         }
 
 
@@ -81,6 +94,7 @@ class BenchReport:
         d = asdict(self)
         for m, md in zip(self.models, d["models"]):
             md["speedup"] = m.speedup()
+            md["int8_speedup"] = m.int8_speedup()
         return _finite(d)
 
     def markdown(self) -> str:
@@ -182,13 +196,49 @@ def _rounds(rounds: int) -> str:
     return f", in {rounds} interleaved rounds (order reversed each round)" if rounds > 1 else ""
 
 
+def _precisions(report) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in report.models:
+        for name, r in m.systems.items():
+            out.setdefault(name, r.precision)
+    return out
+
+
+def _label(name: str, precision: str) -> str:
+    return name if precision == "fp32" or precision in name else f"{name} ({precision})"
+
+
+def _db(v) -> str:
+    return "–" if v is None else "∞" if v == float("inf") else f"{v:.1f}"
+
+
+def _checked(report, precisions: dict[str, str]) -> str:
+    """The sentence saying how every system was validated before it was timed."""
+    s = report.settings
+    fp32 = "max abs error ≤ 1e-4·max|eager| + 1e-5"
+    if "int8" not in precisions.values():
+        return f"Every system was checked against eager PyTorch ({fp32}) before it was timed."
+    cal = s.get("calibration") or "seeded random inputs"
+    return (
+        f"Every system was checked against eager PyTorch before it was timed: fp32 systems by "
+        f"{fp32}; int8 systems by SQNR ≥ {s.get('min_sqnr_db', 8.0):g} dB against fp32 eager "
+        f"(shown after the time), all calibrated on the same samples ({cal}). The zoo's seeded "
+        "random weights quantize worse than trained ones: the SQNR compares the quantizers, it "
+        "is not the models' int8 accuracy."
+    )
+
+
 def markdown(report) -> str:
     s, mach, v = report.settings, report.machine, report.versions
     systems = report.systems
+    precisions = _precisions(report)
     peers = [p for p in systems if any(p in m.speedup() for m in report.models)]
+    gains = [
+        p for p in systems if p != "sepconv" and any(p in m.int8_speedup() for m in report.models)
+    ]
     spec = s.get("target_spec", {})
     lines = [
-        "# sepconv bench",
+        "# sepconv bench" + (" (int8)" if s.get("precision") == "int8" else ""),
         "",
         f"Machine: {mach['cpu']}, {mach['cores_physical']} cores / {mach['cores_logical']} "
         f"threads, {mach['memory_gib']} GiB, {mach['os']}.  ",
@@ -198,13 +248,19 @@ def markdown(report) -> str:
         f"{_rounds(s.get('rounds', 1))}.  ",
         "Versions: " + " · ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
-        "Latency in ms: median (p10–p90). Every system was checked against eager PyTorch "
-        "(max abs error ≤ 1e-4·max|eager| + 1e-5) before it was timed. "
-        "Speedup = peer median / sepconv median (>1: sepconv is faster).",
+        "Latency in ms: median (p10–p90). " + _checked(report, precisions) + " "
+        "Speedup = peer median / sepconv median (>1: sepconv is faster)"
+        + (
+            "; `X-int8 vs X`: X's fp32 median / its int8 median (what int8 buys X)."
+            if gains
+            else "."
+        ),
         "",
     ]
-    head = ["model", "input", "params", "MACs", *systems, "sepconv schedules"]
-    head += [f"vs {p}" for p in peers]
+    head = ["model", "input", "params", "MACs"]
+    head += [_label(n, precisions[n]) for n in systems] + ["sepconv schedules"]
+    twins = {n: r.fp32_twin for m in report.models for n, r in m.systems.items()}
+    head += [f"vs {p}" for p in peers] + [f"{p} vs {twins[p]}" for p in gains]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: dict[str, int] = {}
 
@@ -215,7 +271,7 @@ def markdown(report) -> str:
     for m in report.models:
         if m.error:
             row = [m.name, "–", "–", "–", *[f"error {note(m.error)}"] * len(systems), "–"]
-            lines.append("| " + " | ".join(row + ["–"] * len(peers)) + " |")
+            lines.append("| " + " | ".join(row + ["–"] * (len(peers) + len(gains))) + " |")
             continue
         res = "×".join(map(str, m.input_shape[2:]))
         row = [f"`{m.name}`", f"{m.input_shape[0]}×{res}", _count(m.params), _count(m.macs)]
@@ -225,16 +281,21 @@ def markdown(report) -> str:
                 row.append("–")
             elif r.status == "ok" and r.latency_ms:
                 t = r.latency_ms
-                row.append(f"**{_ms(t['median'])}** ({_ms(t['p10'])}–{_ms(t['p90'])})")
+                cell = f"**{_ms(t['median'])}** ({_ms(t['p10'])}–{_ms(t['p90'])})"
+                if r.precision == "int8" and r.validation:
+                    cell += f" · {_db(r.validation.get('sqnr_db'))} dB"
+                row.append(cell)
             elif r.status == "FAIL":
                 row.append(f"FAIL {note(f'{name}: {r.reason}')}")
             else:
                 row.append(f"n/a {note(f'{name}: {r.reason}')}")
         ours = m.systems.get("sepconv")
         row.append(ours.info.get("tuned", "–") if ours else "–")
-        speed = m.speedup()
+        speed, gain = m.speedup(), m.int8_speedup()
         row += [f"{speed[p]:.2f}×" if p in speed else "–" for p in peers]
+        row += [f"{gain[p]:.2f}×" if p in gain else "–" for p in gains]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _accuracy_table(report)
     front = latency_frontier(sepconv_points(report))
     if front:
         pts = sepconv_points(report)
@@ -254,6 +315,40 @@ def markdown(report) -> str:
         lines += ["", "Notes:", ""]
         lines += [f"{i}. {text}" for text, i in notes.items()]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_table(report) -> list[str]:
+    """int8 systems: SQNR and cosine against fp32 eager on the bench's input; sepconv's own
+    ``sepconv validate`` figures against the simulated quantization beside them."""
+    rows = []
+    for m in report.models:
+        for name, r in m.systems.items():
+            v = r.validation or {}
+            if r.precision != "int8" or "sqnr_db" not in v:
+                continue
+            own = v.get("own") or {}
+            vq = (
+                f"{_db(own['sqnr_vs_quantized_db'])} dB (worst input "
+                f"{_db(own['worst_sqnr_vs_quantized_db'])}), {own['max_steps']:.2f} steps"
+                if own
+                else "–"
+            )
+            cos = "–" if v.get("cosine") is None else f"{v['cosine']:.4f}"
+            rows.append(
+                f"| `{m.name}` | {name} | {_db(v['sqnr_db'])} | {cos} | {vq} | "
+                f"{'ok' if v.get('passed') else 'FAIL'} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "int8 accuracy against fp32 eager PyTorch (the validation input); sepconv's own check "
+        "against its simulated quantization (`sepconv validate`, median over its inputs):",
+        "",
+        "| model | system | SQNR dB | cosine | vs simulated quantization | |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def write_report(report, out_dir: Path, stem: str = "report") -> dict[str, Path]:

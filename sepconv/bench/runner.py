@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from .peers import (
     PeerUnavailable,
     Prepared,
     Sepconv,
+    SepconvFp32,
     parse_peers,
 )
 from .report import BenchReport, ModelResult, SystemResult
@@ -32,6 +33,19 @@ from .report import BenchReport, ModelResult, SystemResult
 log = logging.getLogger(__name__)
 
 DEFAULT_PEERS = ("torch", "torch.compile", "onnxruntime")
+# --precision int8: what int8 buys over our fp32 and over ONNX Runtime's, and the other int8s
+DEFAULT_INT8_PEERS = ("sepconv-fp32", "onnxruntime", "onnxruntime-int8", "openvino-int8")
+PRECISIONS = ("fp32", "int8")
+
+
+def default_peers(precision: str = "fp32") -> tuple[str, ...]:
+    """The peers a bench of sepconv in ``precision`` compares with when none are named."""
+    if precision not in PRECISIONS:
+        raise SepconvError(
+            f"sepconv bench measures precision {' or '.join(PRECISIONS)}, not {precision!r} "
+            "(fp16 is for CUDA targets: sepconv compile --precision fp16)"
+        )
+    return DEFAULT_INT8_PEERS if precision == "int8" else DEFAULT_PEERS
 
 
 def _arrays(out) -> list[np.ndarray]:
@@ -42,16 +56,25 @@ def _arrays(out) -> list[np.ndarray]:
     return [np.asarray(out)]
 
 
+def _mismatch(got: list[np.ndarray], refs: list[np.ndarray]) -> str | None:
+    if len(got) != len(refs):
+        return f"{len(got)} outputs, eager has {len(refs)}"
+    if any(g.shape != r.shape for g, r in zip(got, refs)):
+        shapes = [tuple(g.shape) for g in got], [tuple(r.shape) for r in refs]
+        return f"output shapes {shapes[0]} differ from eager {shapes[1]}"
+    return None
+
+
 def _validate(outputs, refs: list[np.ndarray]) -> tuple[dict, str | None]:
+    """fp32: the ``sepconv validate`` tolerance on every output."""
     from sepconv.compiler.validation import ABS_TOL, REL_TOL, compare
 
     got = _arrays(outputs)
     rule = f"max_abs_error <= {REL_TOL:g} * max|eager| + {ABS_TOL:g}"
     if len(got) != len(refs):
-        return {"passed": False, "rule": rule}, f"{len(got)} outputs, eager has {len(refs)}"
+        return {"passed": False, "rule": rule}, _mismatch(got, refs)
     cmps = [compare(f"output{i}", g, r) for i, (g, r) in enumerate(zip(got, refs))]
     worst = max(cmps, key=lambda c: c.max_abs_error - c.tolerance)
-    shapes_ok = all(g.shape == r.shape for g, r in zip(got, refs))
     v = {
         "passed": all(c.passed for c in cmps),
         "max_abs_error": worst.max_abs_error,
@@ -61,13 +84,36 @@ def _validate(outputs, refs: list[np.ndarray]) -> tuple[dict, str | None]:
     }
     if v["passed"]:
         return v, None
-    if not shapes_ok:
-        shapes = [tuple(g.shape) for g in got], [tuple(r.shape) for r in refs]
-        return v, f"output shapes {shapes[0]} differ from eager {shapes[1]}"
-    return v, (
+    return v, _mismatch(got, refs) or (
         f"differs from eager PyTorch: max abs error {worst.max_abs_error:.3g} > tolerance "
         f"{worst.tolerance:.3g}"
     )
+
+
+def _validate_int8(outputs, refs: list[np.ndarray], min_sqnr_db: float) -> tuple[dict, str | None]:
+    """int8: the worst output's SQNR against fp32 eager ≥ ``min_sqnr_db`` (cosine beside it)."""
+    from sepconv.compiler.int8.accuracy import cosine, sqnr_db
+
+    got = _arrays(outputs)
+    rule = f"SQNR vs fp32 eager >= {min_sqnr_db:g} dB"
+    problem = _mismatch(got, refs)
+    if problem is not None:
+        return {"passed": False, "rule": rule, "min_sqnr_db": min_sqnr_db}, problem
+    finite = all(np.all(np.isfinite(g)) for g in got)
+    sqnr = min(sqnr_db(g, r) for g, r in zip(got, refs)) if finite else float("-inf")
+    v = {
+        "passed": bool(sqnr >= min_sqnr_db),
+        "sqnr_db": sqnr,
+        "cosine": min(cosine(g, r) for g, r in zip(got, refs)) if finite else None,
+        "max_abs_error": max(float(np.max(np.abs(g - r), initial=0)) for g, r in zip(got, refs)),
+        "min_sqnr_db": min_sqnr_db,
+        "rule": rule,
+    }
+    if v["passed"]:
+        return v, None
+    if not finite:
+        return v, "non-finite outputs (NaN or inf)"
+    return v, f"SQNR {sqnr:.1f} dB vs fp32 eager PyTorch < {min_sqnr_db:g} dB"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -76,22 +122,33 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _prepare_and_validate(
-    system: Peer, reason: str | None, module, x, refs
+    system: Peer, reason: str | None, module, x, refs, settings: BenchSettings
 ) -> tuple[SystemResult, Prepared | None]:
+    precision = {"precision": system.precision, "fp32_twin": system.fp32_twin}
     if reason is not None:
-        return SystemResult("unavailable", reason), None
+        return SystemResult("unavailable", reason, **precision), None
     try:
         prepared = system.prepare(module, x)
     except PeerUnavailable as exc:
-        return SystemResult("unavailable", str(exc)), None
+        return SystemResult("unavailable", str(exc), **precision), None
     except Exception as exc:  # noqa: BLE001 - a system that cannot build the model failed it
         log.debug("%s failed to prepare", system.name, exc_info=True)
-        return SystemResult("FAIL", f"prepare failed: {_one_line(exc)}"), None
-    result = SystemResult("ok", info=dict(prepared.info))
+        return SystemResult("FAIL", f"prepare failed: {_one_line(exc)}", **precision), None
+    result = SystemResult("ok", info=dict(prepared.info), **precision)
     try:
-        validation, problem = _validate(prepared.fn(x), refs)
+        out = prepared.fn(x)
+        if system.precision == "int8":
+            validation, problem = _validate_int8(out, refs, settings.min_sqnr_db)
+        else:
+            validation, problem = _validate(out, refs)
     except Exception as exc:  # noqa: BLE001
         validation, problem = {"passed": False}, f"run failed: {_one_line(exc)}"
+    own = prepared.validation
+    if own is not None:
+        validation["own"] = own
+        if problem is None and not own.get("passed", True):
+            validation["passed"] = False
+            problem = own.get("reason") or "failed its own validation"
     result.validation = validation
     if problem is not None:
         result.status, result.reason = "FAIL", problem
@@ -126,12 +183,17 @@ def _systems(peers, settings: BenchSettings) -> list[Peer]:
     unique: dict[str, Peer] = {}
     for s in out:
         unique.setdefault(s.name, s)
+    if settings.precision != "int8" and SepconvFp32.name in unique:
+        raise SepconvError(
+            f"the {SepconvFp32.name} peer is sepconv's fp32 build beside --precision int8; "
+            "without it sepconv itself is fp32"
+        )
     return list(unique.values())
 
 
 def run_bench(
     models: Sequence[str],
-    peers: str | Sequence = DEFAULT_PEERS,
+    peers: str | Sequence | None = None,
     *,
     target: str = "host",
     device: str = "local",
@@ -146,11 +208,22 @@ def run_bench(
     build_dir: str | os.PathLike | None = None,
     progress: bool = True,
     input_shape: str | tuple[int, ...] | list | None = None,
+    precision: str = "fp32",
+    calibration=None,
+    observer: str | None = None,
+    min_sqnr_db: float | None = None,
 ) -> BenchReport:
     """Validate, then time, sepconv and ``peers`` on each zoo model (names with knobs) or model
     file (``.pt2``: the peers run ``ep.module()``; ``.onnx``: the reference and the onnxruntime
     peer are ONNX Runtime on the file, the torch peers cannot run it). ``input_shape`` fixes a
-    file's dynamic dimensions.
+    file's dynamic dimensions. ``peers`` None: :func:`default_peers` of the precision.
+
+    ``precision="int8"``: sepconv is quantized (``sepconv.compile(precision="int8")``) on
+    ``calibration`` (DATA as ``sepconv.compile`` takes it; None: seeded random inputs) with
+    ``observer``; every int8 system (sepconv, ``onnxruntime-int8``, ``openvino-int8``) is
+    calibrated on the same samples and must reach ``min_sqnr_db`` (default
+    :data:`~sepconv.compiler.int8.accuracy.MIN_SQNR_DB`) against fp32 eager before it is timed;
+    fp32 systems keep the fp32 tolerance.
 
     ``threads`` pins torch, ONNX Runtime and TVM (``TVM_NUM_THREADS``, which TVM reads once, when
     its thread pool starts: set it before any TVM code runs, as the CLI does); default: physical
@@ -167,6 +240,8 @@ def run_bench(
         models = [models]
     if not models:
         raise SepconvError("name at least one model to benchmark (see `sepconv models`)")
+    peers = default_peers(precision) if peers is None else peers
+    observer, min_sqnr_db = _check_int8(precision, calibration, observer, min_sqnr_db)
     if runs < 1 or warmup < 0 or batch < 1 or rounds < 1:
         raise SepconvError(
             f"need runs ≥ 1, warmup ≥ 0, batch ≥ 1, rounds ≥ 1 (got {runs}, {warmup}, {batch}, "
@@ -196,7 +271,8 @@ def run_bench(
     settings = BenchSettings(
         target=target, device=device, batch=batch, runs=runs, warmup=warmup, rounds=rounds,
         threads=threads, seed=seed, tune_logs=tune_logs, settle_s=settle_s,
-        build_dir=Path(build_dir),
+        build_dir=Path(build_dir), precision=precision, calibration=calibration,
+        observer=observer, min_sqnr_db=min_sqnr_db,
     )  # fmt: skip
     systems = _systems(peers, settings)
     reasons = {}
@@ -230,9 +306,12 @@ def run_bench(
             "TVM ran %d threads, not %d: its thread pool had started before run_bench set "
             "TVM_NUM_THREADS (set it before TVM runs anything)", tvm_threads, threads,
         )  # fmt: skip
+    own = ("build_dir", "tune_logs", "calibration", "_calibrations")
+    own += ("observer",) * (precision != "int8")  # sepconv's quantizer: int8 only
     settings_json = {
-        **{k: v for k, v in asdict(settings).items() if k not in ("build_dir", "tune_logs")},
+        **{f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in own},
         "build_dir": None if tmp is not None else str(build_dir),
+        "calibration": _json_calibration(calibration),
         "tune_logs": _json_logs(tune_logs),
         "target_spec": {k: tspec.describe()[k] for k in ("triple", "key", "mcpu", "num_cores")},
         "tvm_threads": tvm_threads,
@@ -247,6 +326,29 @@ def run_bench(
         results,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _check_int8(precision, calibration, observer, min_sqnr_db) -> tuple[str, float]:
+    """The int8 options, checked before anything compiles → (observer, SQNR floor)."""
+    from sepconv.compiler.int8.accuracy import MIN_SQNR_DB
+    from sepconv.compiler.int8.ptq import DEFAULT_OBSERVER, OBSERVERS
+
+    default_peers(precision)  # an unknown precision fails here, naming the valid ones
+    if precision != "int8":
+        for flag, value in (("calibration", calibration), ("observer", observer)):
+            if value is not None:
+                raise SepconvError(f"{flag} (--{flag}) is for precision='int8' (--precision int8)")
+    if observer is not None and observer not in OBSERVERS:
+        raise SepconvError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
+    if isinstance(calibration, str | os.PathLike) and not Path(calibration).exists():
+        raise SepconvError(f"{calibration}: no such calibration file or folder")
+    return observer or DEFAULT_OBSERVER, MIN_SQNR_DB if min_sqnr_db is None else min_sqnr_db
+
+
+def _json_calibration(calibration) -> str | None:
+    if calibration is None or isinstance(calibration, str | os.PathLike):
+        return None if calibration is None else str(calibration)
+    return f"in-memory {type(calibration).__name__}"
 
 
 def _json_logs(tune_logs) -> bool | str | list:
@@ -288,12 +390,19 @@ def _bench_model(name, systems, reasons, timing_order, settings, bar) -> ModelRe
         result.macs_per_image = count_macs(spec.module, one)
         result.macs = result.macs_per_image * spec.input_shape[0]
     x = spec.example_input(settings.seed)
+    if any(s.precision == "int8" for s in systems):
+        try:  # the samples every int8 system is calibrated on: a bad DATA fails the model once
+            result.calibration = settings.calibration_for(x).source
+        except SepconvError as exc:
+            result.error = str(exc)
+            bar.update(2 * len(systems))
+            return result
     with torch.no_grad():
         refs = _arrays(spec.module(x))
     prepared: dict[str, Prepared] = {}
     for system in systems:
         bar.set_postfix_str(f"{spec.name} · {system.name}: prepare + validate", refresh=True)
-        r, p = _prepare_and_validate(system, reasons[system.name], spec.module, x, refs)
+        r, p = _prepare_and_validate(system, reasons[system.name], spec.module, x, refs, settings)
         result.systems[system.name] = r
         if p is not None:
             prepared[system.name] = p

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -36,11 +37,15 @@ class Wrong(Peer):
     name = "wrong"
     calls = 0
 
+    @staticmethod
+    def spoil(y):
+        return y + 1.0
+
     def prepare(self, module, example):
         def fn(x):
-            Wrong.calls += 1
+            type(self).calls += 1
             with torch.no_grad():
-                return module(x) + 1.0
+                return self.spoil(module(x))
 
         return Prepared(fn)
 
@@ -81,25 +86,26 @@ class Crashes(Peer):
         raise RuntimeError("backend exploded")
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    Wrong.calls = Spy.calls = 0
+def _run_bench(models, peers, **kw):
+    """run_bench with the test's runs, no pauses or progress; TVM_NUM_THREADS restored after."""
     env = os.environ.get("TVM_NUM_THREADS")
     try:
-        report = run_bench(
-            MODELS,
-            ["torch", "onnxruntime", "sepconv-no-ops", Wrong, Spy, NotHere, ExportFails, Crashes],
-            runs=RUNS,
-            warmup=WARMUP,
-            threads=2,
-            settle_s=0,
-            progress=False,
-        )
+        return run_bench(models, peers, runs=RUNS, warmup=WARMUP, settle_s=0, progress=False, **kw)
     finally:
         if env is None:
             os.environ.pop("TVM_NUM_THREADS", None)
         else:
             os.environ["TVM_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    Wrong.calls = Spy.calls = 0
+    report = _run_bench(
+        MODELS,
+        ["torch", "onnxruntime", "sepconv-no-ops", Wrong, Spy, NotHere, ExportFails, Crashes],
+        threads=2,
+    )
     out = tmp_path_factory.mktemp("report")
     return report, report.write(out), out
 
@@ -267,3 +273,214 @@ def test_cli_bench_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: sepconv bench" in out and "--peers" in out and "--report" in out
+
+
+# --precision int8 ---------------------------------------------------------------------------
+
+INT8_MODEL = "mobilenet_v2:0.35@32"
+# Tiny random-weight models quantize far below MIN_SQNR_DB (README, "int8"): a low floor that
+# still fails a wrong answer (Garbage: −6 dB). Measured here: sepconv 7, ONNX Runtime 11, NNCF 3.
+INT8_FLOOR_DB = 1.0
+
+
+class Noisy(Peer):
+    """An int8 stand-in: eager output plus noise 20 dB down — passes the int8 rule, would fail
+    the fp32 tolerance by far."""
+
+    name = "noisy-int8"
+    precision = "int8"
+
+    def prepare(self, module, example):
+        def fn(x):
+            with torch.no_grad():
+                y = module(x)
+            return y + 0.1 * y.std() * torch.randn(y.shape, generator=torch.Generator())
+
+        return Prepared(fn)
+
+
+class Garbage(Wrong):
+    """A broken int8 system (the sign flipped: −6 dB): FAIL by the SQNR rule, never timed."""
+
+    name = "garbage-int8"
+    precision = "int8"
+    calls = 0
+
+    @staticmethod
+    def spoil(y):
+        return -y
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory):
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("calibration") / "cal.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((12, 3, 32, 32), dtype=np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_bench(tmp_path_factory, calibration_file):
+    Garbage.calls = 0
+    report = _run_bench(
+        [INT8_MODEL],
+        ["sepconv-fp32", "onnxruntime", "onnxruntime-int8", "openvino-int8", Noisy, Garbage],
+        precision="int8",
+        calibration=calibration_file,
+        min_sqnr_db=INT8_FLOOR_DB,
+        threads=1,
+    )
+    out = tmp_path_factory.mktemp("int8-report")
+    return report, report.write(out)
+
+
+def _has_nncf() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nncf") is not None
+
+
+def test_int8_bench_validates_by_sqnr_and_reports_it(int8_bench, calibration_file):
+    report, files = int8_bench
+    d = json.loads(files["json"].read_text())
+    s = d["settings"]
+    assert (s["precision"], s["observer"], s["min_sqnr_db"]) == ("int8", "histogram", 1.0)
+    assert s["calibration"] == str(calibration_file)
+    m = d["models"][0]
+    # every int8 system saw the same 12 samples, read once
+    assert m["calibration"]["kind"] == "files" and m["calibration"]["samples"] == 12
+    systems = m["systems"]
+    timed = ["sepconv", "sepconv-fp32", "onnxruntime", "onnxruntime-int8", "noisy-int8"]
+    if _has_nncf():
+        timed.append("openvino-int8")
+        assert systems["openvino-int8"]["info"]["calibration_samples"] == 12
+    else:
+        assert systems["openvino-int8"]["status"] == "unavailable"
+    for name in timed:
+        r = systems[name]
+        assert r["status"] == "ok", (name, r)
+        assert r["latency_ms"]["runs"] == RUNS
+        v = r["validation"]
+        assert v["passed"]
+        if r["precision"] == "int8":
+            assert v["sqnr_db"] >= INT8_FLOOR_DB and 0 < v["cosine"] <= 1
+            assert v["rule"] == "SQNR vs fp32 eager >= 1 dB"
+        else:
+            assert v["max_abs_error"] <= v["tolerance"]
+    assert [systems[n]["precision"] for n in ("sepconv", "sepconv-fp32", "onnxruntime")] == [
+        "int8",
+        "fp32",
+        "fp32",
+    ]
+    assert systems["sepconv"]["info"]["quantization"]["samples"] == 12
+    assert systems["onnxruntime-int8"]["info"]["calibration_samples"] == 12
+    # sepconv's own int8 check: the integer kernels against its simulated quantization
+    own = systems["sepconv"]["validation"]["own"]
+    assert own["passed"] and own["sqnr_vs_quantized_db"] >= 15
+    assert set(m["speedup"]) >= {"sepconv-fp32", "onnxruntime", "onnxruntime-int8"}
+    # int8 over its own fp32 (openvino's fp32 is not in this run)
+    assert set(m["int8_speedup"]) == {"sepconv", "onnxruntime-int8"}
+    assert m["int8_speedup"]["sepconv"] == pytest.approx(m["speedup"]["sepconv-fp32"])
+    md = files["markdown"].read_text()
+    for text in (
+        "# sepconv bench (int8)",
+        "| sepconv (int8) | sepconv-fp32 |",
+        "int8 systems by SQNR ≥ 1 dB against fp32 eager",
+        "vs sepconv-fp32",
+        "vs onnxruntime-int8",
+        "onnxruntime-int8 vs onnxruntime",
+        "| model | system | SQNR dB | cosine | vs simulated quantization |",
+    ):
+        assert text in md, text
+    ours = systems["sepconv"]
+    assert f"· {ours['validation']['sqnr_db']:.1f} dB" in md
+
+
+def test_int8_broken_peer_fails_by_sqnr_and_is_not_timed(int8_bench):
+    report, files = int8_bench
+    r = report.models[0].systems["garbage-int8"]
+    assert r.status == "FAIL" and r.latency_ms is None and r.precision == "int8"
+    assert r.validation["passed"] is False and r.validation["sqnr_db"] < 0
+    assert r.reason.startswith("SQNR -6.0 dB vs fp32 eager PyTorch < 1 dB"), r.reason
+    assert Garbage.calls == 1
+    assert report.failed
+    assert "garbage-int8: SQNR -6.0 dB" in files["markdown"].read_text()
+
+
+def test_openvino_int8_without_nncf_is_unavailable_not_crashed(monkeypatch):
+    from sepconv.bench.peers import OpenVinoInt8
+    from sepconv.bench.runner import _prepare_and_validate
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf → ImportError
+    peer = OpenVinoInt8(BenchSettings(precision="int8"))
+    reason = peer.available()
+    assert reason.startswith("nncf is not installed")
+    result, prepared = _prepare_and_validate(peer, reason, None, None, [], peer.settings)
+    assert (result.status, result.reason, result.precision) == ("unavailable", reason, "int8")
+    assert prepared is None
+
+
+def test_openvino_int8_quantizer_failure_is_unavailable(monkeypatch):
+    nncf = pytest.importorskip("nncf")
+    pytest.importorskip("openvino")
+    from sepconv.bench.peers import OpenVinoInt8
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("this OpenVINO is too new for this NNCF")
+
+    monkeypatch.setattr(nncf, "quantize", broken)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU()).eval()
+    with pytest.raises(PeerUnavailable, match="nncf.quantize failed: RuntimeError: this"):
+        OpenVinoInt8(BenchSettings(precision="int8")).prepare(module, torch.zeros(1, 3, 8, 8))
+
+
+def test_bench_precision_errors(tmp_path):
+    model = "mobilenet_v1:0.25@32"
+    with pytest.raises(SepconvError, match="precision fp32 or int8, not 'fp16'"):
+        run_bench([model], "torch", precision="fp16", progress=False)
+    with pytest.raises(SepconvError, match=r"calibration \(--calibration\) is for precision"):
+        run_bench([model], "torch", calibration=tmp_path, progress=False)
+    with pytest.raises(SepconvError, match=r"observer \(--observer\) is for precision"):
+        run_bench([model], "torch", observer="minmax", progress=False)
+    with pytest.raises(SepconvError, match="unknown observer 'mse'; choose one of histogram"):
+        run_bench([model], "torch", precision="int8", observer="mse", progress=False)
+    with pytest.raises(SepconvError, match="no such calibration file or folder"):
+        run_bench([model], "torch", precision="int8", calibration=tmp_path / "x", progress=False)
+    with pytest.raises(SepconvError, match="sepconv-fp32 peer is sepconv's fp32 build beside"):
+        run_bench([model], "sepconv-fp32", progress=False)
+
+
+def test_cli_bench_precision_errors_are_one_line(capsys):
+    for argv, text in (
+        (["--precision", "fp16"], "error: sepconv bench measures precision fp32 or int8, not"),
+        (["--calibration", "cal.npy"], "error: --calibration is for --precision int8"),
+    ):
+        assert main(["bench", MODELS[0], *argv]) == EXIT_ERROR
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(text), err
+
+
+def test_cli_bench_int8_options_reach_run_bench(monkeypatch, tmp_path, capsys):
+    import sepconv.bench as bench_api
+    from sepconv.bench import BenchReport
+
+    seen = {}
+
+    def fake(models, peers, **kw):
+        seen.update(kw, peers=peers)
+        return BenchReport({}, {}, {}, [])
+
+    monkeypatch.setattr(bench_api, "run_bench", fake)
+    monkeypatch.setattr(BenchReport, "write", lambda self, out: {})
+    monkeypatch.setattr(BenchReport, "markdown", lambda self: "table")
+    argv = ["bench", MODELS[0], "--precision", "int8", "--calibration", "cal.npy"]
+    assert main([*argv, "--observer", "minmax", "--min-sqnr-db", "3"]) == 0
+    assert seen["peers"] == ["sepconv-fp32", "onnxruntime", "onnxruntime-int8", "openvino-int8"]
+    assert (seen["precision"], seen["calibration"], seen["observer"], seen["min_sqnr_db"]) == (
+        "int8",
+        "cal.npy",
+        "minmax",
+        3.0,
+    )
+    assert "sepconv int8 vs sepconv-fp32" in capsys.readouterr().err
