@@ -544,7 +544,8 @@ class QuantizedConvMatch:
 class QuantizedConvPattern:
     """PT2E's quantized conv unit::
 
-        [clamp](quantize(act2(act(conv2d(dequantize(xq), dequantize(Wq)) [+ b]) [+ dequantize(rq)])))
+        [clamp](quantize(act2(act(conv2d(dequantize(xq), dequantize(Wq)) [+ b])
+                                   [+ dequantize(rq)])))
 
     Wq and b constants (the graph's ``astype``/``reshape`` of constants folded first). The
     residual add may take either side; its activation is any of ActivationPattern's, or none.
@@ -637,6 +638,75 @@ class QuantizedLinearPattern:
         if static_shape(m[self.b]) not in ((ws[0],), (1, ws[0])):
             return None
         return QuantizedLinearMatch(m[self.xq], x, wq, w, m[self.b])
+
+
+@dataclass(frozen=True)
+class QuantizedMapMatch:
+    """A per-channel op on an 8-bit map [N, C, H, W]: squeeze-and-excitation's gate multiply
+    (``gate``: float [N, C, 1, 1]) or its global average pool (``gate`` None)."""
+
+    xq: relax.Expr
+    x: QuantParam
+    gate: relax.Expr | None
+    out: QuantParam
+    out_bounds: tuple[float, float]
+
+
+class _QuantizedMapOp:
+    """``[clamp](quantize(op(dequantize(xq))))`` with per-tensor parameters on a 4-D map."""
+
+    def __init__(self, op_of):  # op_of(dequantize pattern) → the op's pattern
+        self.xq = wildcard()
+        self.dq_x = is_op("relax.dequantize")(self.xq, is_const(), is_const())
+        self.op = op_of(self.dq_x)
+        self.quantize = is_op("relax.quantize")(self.op, is_const(), is_const())
+        self.clamp = ClampPattern(self.quantize)
+        self.pattern = self.clamp.pattern | self.quantize
+
+    def _read(self, m, gate) -> QuantizedMapMatch | None:
+        x, out = quant_param(m[self.dq_x]), quant_param(m[self.quantize])
+        shape = static_shape(m[self.xq])
+        if x is None or out is None or not (x.per_tensor and out.per_tensor):
+            return None
+        if shape is None or len(shape) != 4:
+            return None
+        bounds = self.clamp.bounds(m) if self.clamp.pattern in m else (-INF, INF)
+        if bounds is None:
+            return None
+        return QuantizedMapMatch(m[self.xq], x, gate, out, bounds)
+
+
+class QuantizedGatePattern(_QuantizedMapOp):
+    """SE's gate on a quantized map: ``[clamp](quantize(dequantize(xq) · g))``, g a float
+    [N, C, 1, 1] (either operand)."""
+
+    def __init__(self):
+        self.gate = wildcard()
+        mul = is_op("relax.multiply")
+        super().__init__(lambda dq: mul(dq, self.gate) | mul(self.gate, dq))
+
+    def read(self, m) -> QuantizedMapMatch | None:
+        shape, g = static_shape(m[self.xq]), static_shape(m[self.gate])
+        if shape is None or g is None or len(shape) != 4 or dtype_of(m[self.gate]) != "float32":
+            return None
+        if tuple(g) != (shape[0], shape[1], 1, 1):
+            return None
+        return self._read(m, m[self.gate])
+
+
+class QuantizedMeanPattern(_QuantizedMapOp):
+    """A global average pool of a quantized map: ``[clamp](quantize(mean(dequantize(xq),
+    axis=[H, W], keepdims)))``."""
+
+    def __init__(self):
+        super().__init__(lambda dq: is_op("relax.mean")(dq))
+
+    def read(self, m) -> QuantizedMapMatch | None:
+        mean = m[self.op]
+        axes = sorted(int(a) % 4 for a in (mean.attrs["axis"] or []))
+        if axes != [2, 3] or not bool(mean.attrs["keepdims"]):
+            return None
+        return self._read(m, None)
 
 
 # ---------------------------------------------------------------------------------------------

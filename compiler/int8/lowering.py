@@ -9,9 +9,14 @@
     cancel_permutes     permute → permute pairs that compose to the identity are dropped, so
                         consecutive operators hand NHWC 8-bit maps to each other
 
-What no unit covers (pools, SE's gate multiply, shuffles, the classifier's linear) stays as
+Also integer, NHWC: squeeze-and-excitation's global average pool (the exact mean) and its gate
+multiply (QuantizedMeanPattern, QuantizedGatePattern), and the classifier's linear. A pointwise
+unit off the dot instruction (channels not a multiple of its panel, full-range inputs on AVX2)
+sums in fp32 where that is exact (``ops.float_exact``), on the fp32 micro-kernel.
+
+What no operator covers (ShuffleNet's concat, channel shuffle and split, max pools) stays as
 ``dequantize → float op → quantize``, legalized by TVM and fused by FuseOps into one kernel per
-chain: 8-bit in memory, float only in registers.
+chain: 8-bit in memory, float only in registers — but NCHW, behind transposes.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from sepconv.compiler.int8 import ops
 from sepconv.compiler.patterns import (
     QuantizedConvMatch,
     QuantizedConvPattern,
+    QuantizedGatePattern,
     QuantizedLinearMatch,
     QuantizedLinearPattern,
+    QuantizedMapMatch,
+    QuantizedMeanPattern,
+    static_shape,
 )
 from sepconv.compiler.separable import FuncEmitter, te_activation, te_placeholder
 
@@ -38,7 +47,7 @@ log = logging.getLogger(__name__)
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 _FUNC_NAMES = {
     "depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv",
-    "linear": "sepconv_qlinear",
+    "linear": "sepconv_qlinear", "gate": "sepconv_qgate", "mean": "sepconv_qmean",
 }  # fmt: skip
 
 
@@ -48,7 +57,10 @@ class QuantizedStats:
     pointwise: int = 0
     dense: int = 0
     linear: int = 0
+    gate: int = 0  # squeeze-and-excitation gate multiplies
+    mean: int = 0  # global average pools
     packed: int = 0  # pointwise and linear ones on the target's u8·s8 dot instruction
+    float_exact: int = 0  # pointwise ones off it, summed exactly on the fp32 micro-kernel
     left_to_tvm: int = 0  # quantized convs no operator takes (grouped, channel multiplier > 1)
     functions: dict = field(default_factory=dict)
 
@@ -129,6 +141,15 @@ def _rescale(x, w, wq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _f32(float(x.scale)) * sw, (int(x.zero_point) * wsum).astype(np.int32)
 
 
+def _out_params(out, bounds: tuple[float, float]) -> ops.QParams:
+    """A unit's output quantization with the integer clamp after it (±inf: none)."""
+    lo, hi = bounds
+    return ops.QParams(
+        float(out.scale), int(out.zero_point), out.dtype,
+        None if lo == -float("inf") else int(lo), None if hi == float("inf") else int(hi),
+    )  # fmt: skip
+
+
 class _Lowering(FuncEmitter):
     def __init__(self, mod, dot=None):
         super().__init__(mod)
@@ -163,6 +184,39 @@ class _Lowering(FuncEmitter):
         call = self.emit(_FUNC_NAMES["linear"], [xp, wp, *parts], y, args)
         return relax.op.reshape(call, (n, o))
 
+    def map_op(self, q: QuantizedMapMatch | None) -> relax.Expr | None:
+        """SE's gate multiply or a global average pool, NHWC on the 8-bit map."""
+        if q is None or q.x.dtype != q.out.dtype:
+            return None
+        n, c, h, w = static_shape(q.xq)
+        x = ops.QParams(float(q.x.scale), int(q.x.zero_point), q.x.dtype)
+        xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
+        args = [relax.op.permute_dims(q.xq, TO_NHWC)]
+        out = _out_params(q.out, q.out_bounds)
+        if q.gate is not None:
+            gp = te_placeholder((n, c), "float32", "gate")
+            y, kind = ops.gate(xp, gp, x, out), "gate"
+            placeholders = [xp, gp]
+            args.append(relax.op.reshape(q.gate, (n, c)))
+        else:
+            y, kind, placeholders = ops.mean_pool(xp, x, out), "mean", [xp]
+        setattr(self.stats, kind, getattr(self.stats, kind) + 1)
+        call = self.emit(_FUNC_NAMES[kind], placeholders, y, args)
+        return relax.op.permute_dims(call, TO_NCHW)
+
+    def _x_max(self, q) -> int:
+        """The largest |value| the unit's 8-bit input can hold (a clamp narrows it)."""
+        lo, hi = ops.QRANGE[q.x.dtype]
+        clamp = _upper_clamp(q.xq)
+        if clamp is None:
+            clamp = self.x_max.get(q.xq, hi)
+        return max(abs(lo), min(hi, clamp))
+
+    def _float_exact(self, q, wq: np.ndarray) -> bool:
+        """A pointwise unit off the dot instruction whose sums fp32 holds exactly."""
+        w_max = int(np.abs(wq.astype(np.int32)).max()) if wq.size else 0
+        return ops.float_exact(int(wq.shape[1]), self._x_max(q), int(q.x.zero_point), w_max)
+
     def _packs(self, q, c: int, o: int) -> bool:
         """Whether the pointwise weights go into the dot intrinsic's panels: the target has
         one, the channels fit its 4 × L panel, and the input stays within its exact range."""
@@ -189,6 +243,9 @@ class _Lowering(FuncEmitter):
             if self._packs(q, weights.shape[0], o):
                 weights = ops.pack_pointwise(weights, self.dot.lanes)
                 self.stats.packed += 1
+            elif self._float_exact(q, wq):
+                weights = weights.astype(np.float32)
+                self.stats.float_exact += 1
         elif p.groups == 1:
             weights, kind = np.ascontiguousarray(wq.transpose(2, 3, 1, 0)), "dense"
         else:
@@ -200,8 +257,10 @@ class _Lowering(FuncEmitter):
         x = relax.op.permute_dims(q.xq, TO_NHWC)
         n, c, h, w = p.x_shape
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
-        wp = te_placeholder(weights.shape, "int8", "wq")
-        cp = te_placeholder((o,), "int32", "corr")
+        wp = te_placeholder(weights.shape, str(weights.dtype), "wq")
+        if weights.dtype == np.float32:
+            correction = correction.astype(np.float32)  # exact: ops.float_exact
+        cp = te_placeholder((o,), str(correction.dtype), "corr")
         sp = te_placeholder((o,), "float32", "scale")
         bp = te_placeholder((o,), "float32", "bias")
         if weights.ndim == 4 and kind == "pointwise":
@@ -210,11 +269,7 @@ class _Lowering(FuncEmitter):
             acc = ops.accumulate(
                 xp, wp, p.stride, p.padding, p.dilation, zx, depthwise=kind == "depthwise"
             )
-        lo, hi = q.out_bounds
-        out_q = ops.QParams(
-            float(q.out.scale), int(q.out.zero_point), q.out.dtype,
-            None if lo == -float("inf") else int(lo), None if hi == float("inf") else int(hi),
-        )  # fmt: skip
+        out_q = _out_params(q.out, q.out_bounds)
         placeholders = [xp, wp, cp, sp, bp]
         args = [x, relax.const(weights), relax.const(correction), relax.const(scale),
                 relax.const(bias)]  # fmt: skip
@@ -288,13 +343,18 @@ def lower_quantized(mod: tvm.IRModule, target=None) -> tuple[tvm.IRModule, Quant
 
     clamped = _clamped_quantizes(mod["main"])
 
-    def rewrite(expr, m):
-        if pat.clamp.pattern not in m and m[pat.quantize] in clamped:
-            return expr  # its clamp is the unit's root
-        new = rw.unit(pat.read(m))
-        return expr if new is None else new
+    def rewriter(p, lower):
+        def rewrite(expr, m):
+            if p.clamp.pattern not in m and m[p.quantize] in clamped:
+                return expr  # its clamp is the unit's root
+            new = lower(p.read(m))
+            return expr if new is None else new
 
-    main = rewrite_call(pat.pattern, rewrite, mod["main"])
+        return rewrite
+
+    main = rewrite_call(pat.pattern, rewriter(pat, rw.unit), mod["main"])
+    for map_pattern in (QuantizedGatePattern(), QuantizedMeanPattern()):
+        main = rewrite_call(map_pattern.pattern, rewriter(map_pattern, rw.map_op), main)
     lin = QuantizedLinearPattern()
 
     def rewrite_linear(expr, m):

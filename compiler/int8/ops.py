@@ -54,6 +54,19 @@ def _i32(v):
     return v.astype(I32)
 
 
+# float32 holds every integer below 2**24 exactly, and IEEE addition of exact integers whose sum
+# is below it is exact, in any order
+FLOAT_EXACT_BOUND = 2**24
+
+
+def float_exact(channels: int, x_max_abs: int, zx: int, w_max_abs: int) -> bool:
+    """Whether a pointwise sum over ``channels`` of 8-bit products, its zero-point correction
+    and their difference are all integers below 2**24: then an fp32 FMA accumulation gives the
+    int32 result bit for bit, on the fp32 micro-kernel (where no dot instruction applies)."""
+    worst = channels * w_max_abs * max(x_max_abs, abs(zx), x_max_abs + abs(zx))
+    return worst < FLOAT_EXACT_BOUND
+
+
 def accumulate(
     xq: te.Tensor,
     wq: te.Tensor,
@@ -64,13 +77,15 @@ def accumulate(
     depthwise: bool,
 ) -> te.Tensor:
     """Σ xq_pad · wq in int32 (no zero-point correction). Weights: depthwise ``[KH, KW, C]``,
-    pointwise ``[C, O]``, dense ``[KH, KW, C, O]``."""
+    pointwise ``[C, O]``, dense ``[KH, KW, C, O]``. Pointwise weights in float32 make it an
+    fp32 sum (exact within :func:`float_exact`'s bound)."""
     n, h, wd, c = xq.shape
     if len(wq.shape) == 2:  # pointwise
         rc = te.reduce_axis((0, c), "rc")
+        acc = str(wq.dtype) if str(wq.dtype) == F32 else I32
         return te.compute(
             (n, h, wd, wq.shape[1]),
-            lambda i, y, z, o: te.sum(_i32(xq[i, y, z, rc]) * _i32(wq[rc, o]), axis=rc),
+            lambda i, y, z, o: te.sum(xq[i, y, z, rc].astype(acc) * wq[rc, o].astype(acc), axis=rc),
             name=PW,
         )
     kh_, kw_ = wq.shape[0], wq.shape[1]
@@ -129,6 +144,52 @@ def quantize_expr(y, out: QParams):
     return q.astype(out.dtype)
 
 
+def dequantize_expr(q, p: QParams):
+    """(q − z) · s in float32, as torch's dequantize_per_tensor."""
+    return (q.astype(F32) - tirx.const(float(p.zero_point), F32)) * tirx.const(float(p.scale), F32)
+
+
+def gate(xq: te.Tensor, g: te.Tensor, x: QParams, out: QParams) -> te.Tensor:
+    """Squeeze-and-excitation's gate on an 8-bit map: q(dequantize(xq) · g[n, c]), ``g`` float32
+    [N, C] — one pass over the map, 8-bit in and out."""
+    return te.compute(
+        xq.shape,
+        lambda i, y, z, k: quantize_expr(dequantize_expr(xq[i, y, z, k], x) * g[i, k], out),
+        name="sepconv_qgate",
+    )
+
+
+def mean_pool(xq: te.Tensor, x: QParams, out: QParams) -> te.Tensor:
+    """Global average pool of an 8-bit map → [N, 1, 1, C] 8-bit, exactly: S = Σ (xq − zx) in
+    int32; with the input's scale on the output (PT2E shares it), out = round(S / (H·W)) + zy,
+    the exact mean rounded half to even (S / (H·W) in float32 is exact on a tie and never
+    lands on one otherwise). The reference sums dequantized floats in torch's own order, so
+    on a tie its float noise decides and the two may be one step apart there — only there."""
+    n, h, w, c = xq.shape
+    rh, rw = te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
+    total = te.compute(
+        (n, 1, 1, c),
+        lambda i, _y, _z, k: te.sum(
+            _i32(xq[i, rh, rw, k]) - tirx.const(x.zero_point, I32), axis=[rh, rw]
+        ),
+        name="sepconv_qsum",
+    )
+    area = tirx.const(float(int(h) * int(w)), F32)
+    if np.float32(x.scale) == np.float32(out.scale):
+        unit = QParams(1.0, out.zero_point, out.dtype, out.lo, out.hi)
+        return te.compute(
+            total.shape,
+            lambda *i: quantize_expr(total(*i).astype(F32) / area, unit),
+            name="sepconv_qmean",
+        )
+    scale = tirx.const(float(x.scale), F32)
+    return te.compute(
+        total.shape,
+        lambda *i: quantize_expr(total(*i).astype(F32) * scale / area, out),
+        name="sepconv_qmean",
+    )
+
+
 def requantize(
     acc: te.Tensor,
     correction: te.Tensor,
@@ -143,13 +204,11 @@ def requantize(
     ``out=None`` leaves the result in float32 (a classifier's logits)."""
 
     def body(i, y, z, k):
-        v = _i32(acc[i, y, z, k]) - correction[k]
+        v = acc[i, y, z, k] - correction[k]  # int32, or float32 within float_exact's bound
         v = act(v.astype(F32) * scale[k] + bias[k])
         if residual is not None:
             rq, rp = residual
-            r = (rq[i, y, z, k].astype(F32) - tirx.const(float(rp.zero_point), F32)) * tirx.const(
-                float(rp.scale), F32
-            )
+            r = dequantize_expr(rq[i, y, z, k], rp)
             v = (act2 or (lambda e: e))(v + r)
         return v if out is None else quantize_expr(v, out)
 

@@ -29,7 +29,18 @@ import torch
 from sepconv.errors import CompileError
 
 OBSERVERS = ("histogram", "minmax")
+# benchmarks/int8_observers.py: histogram's SQNR against fp32 is 0.2–2.4 dB above minmax's on
+# every zoo model at 224 (README, "int8")
 DEFAULT_OBSERVER = "histogram"
+# What we annotate beyond torchao's recipe (_SeparableRecipe). Recorded in the manifest: the
+# simulated-quantization reference is rebuilt by the recipe that quantized the artifact, or not
+# at all. Raise it whenever the annotation changes.
+RECIPE = 2
+RECIPES = {
+    1: "torchao's inductor quantizer",
+    2: "torchao's inductor quantizer; SE gates read the quantized map; channel concats share "
+    "one scale",
+}
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,90 @@ def _quantizer(scheme: QuantScheme):
         is_dynamic=False,
         observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(**eps),
     )
-    quantizer = ArmInductorQuantizer() if signed else X86InductorQuantizer()
+    base = ArmInductorQuantizer if signed else X86InductorQuantizer
+    quantizer = type(f"Sepconv{base.__name__}", (_SeparableRecipe, base), {})()
     quantizer.set_global(QuantizationConfig(act, act, weight, None, False))
     return quantizer
+
+
+def se_gated_map(node: torch.fx.Node) -> torch.fx.Node | None:
+    """x when ``node`` is ``x · g`` (either order), x a [N, C, H, W] map and g its [N, C, 1, 1]
+    channel gate; else None."""
+    if node.op != "call_function" or node.target is not torch.ops.aten.mul.Tensor:
+        return None
+    if len(node.args) != 2 or not all(isinstance(a, torch.fx.Node) for a in node.args):
+        return None
+    for x, g in (node.args, node.args[::-1]):
+        xv, gv = x.meta.get("val"), g.meta.get("val")
+        if xv is not None and gv is not None and xv.dim() == 4:
+            if tuple(gv.shape) == (xv.shape[0], xv.shape[1], 1, 1) and xv.shape[2:] != (1, 1):
+                return x
+    return None
+
+
+def channel_concat_inputs(node: torch.fx.Node) -> list[torch.fx.Node] | None:
+    """The inputs of ``cat([a, b, …], dim=1)`` over 4-D maps, else None."""
+    if node.op != "call_function" or node.target is not torch.ops.aten.cat.default:
+        return None
+    inputs = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if not all(isinstance(a, torch.fx.Node) for a in inputs) or len(inputs) < 2:
+        return None
+    vals = [a.meta.get("val") for a in inputs]
+    if any(v is None or v.dim() != 4 for v in vals) or dim % 4 != 1:
+        return None
+    return list(inputs)
+
+
+class _SeparableRecipe:
+    """Mixin for torchao's inductor quantizers: what separable CNNs need beyond their recipe
+    (``RECIPE`` names it in the manifest, so a reference is rebuilt by the same one).
+
+    - **SE gates read the quantized map.** torchao annotates a mul only when both operands
+      have one shape, so squeeze-and-excitation's multiply read the float output of the conv
+      before it — which the pool beside it reads quantized — and a compiler had to compute that
+      conv twice, once in float. Observing the edge with the activation spec makes PT2E share
+      the producer's observer: the multiply reads the very 8-bit map the pool reads and becomes
+      one integer operator (``lowering``: QuantizedGatePattern). The gate ([N, C, 1, 1]) stays
+      float.
+    - **Channel concats are 8-bit, one scale.** torchao leaves ``cat`` unannotated unless its
+      inputs already are, so ShuffleNetV2's branch output stayed float through concat, channel
+      shuffle and split — and so did the pointwise conv producing it. Every input and the
+      output share one observer (as TFLite's int8 concat requires), so the conv becomes an
+      integer unit and concat / shuffle / split move 8-bit values without rescaling them.
+    """
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from torchao.quantization.pt2e.quantizer import (
+            QuantizationAnnotation,
+            SharedQuantizationSpec,
+        )
+
+        model = super().annotate(model)
+        act = self.global_config.input_activation
+        key = "quantization_annotation"
+        for node in model.graph.nodes:
+            x = se_gated_map(node)
+            if x is not None:
+                annotation = node.meta.get(key)
+                if annotation is None:
+                    node.meta[key] = QuantizationAnnotation(
+                        input_qspec_map={x: act}, _annotated=True
+                    )
+                else:
+                    annotation.input_qspec_map.setdefault(x, act)
+                continue
+            inputs = channel_concat_inputs(node)
+            annotation = node.meta.get(key)
+            if inputs is None or (annotation is not None and annotation.input_qspec_map):
+                continue
+            shared = SharedQuantizationSpec((inputs[0], node))
+            node.meta[key] = QuantizationAnnotation(
+                input_qspec_map={a: (act if i == 0 else shared) for i, a in enumerate(inputs)},
+                output_qspec=shared,
+                _annotated=True,
+            )
+        return model
 
 
 @contextlib.contextmanager
@@ -196,6 +288,7 @@ def quantize_model(
         "calibration": cal.source,
         "samples": graphs.samples,
         "tool": f"torchao {torchao.__version__} PT2E",
+        "recipe": RECIPE,
     }
     return SimulatedQuantization(graphs), record
 
@@ -221,7 +314,15 @@ def quantized_reference(record: dict, module: torch.nn.Module, inputs) -> Simula
     """The simulated-quantization reference of an artifact quantized with ``record``: the same
     module, calibration and scheme give the same scales and zero points."""
     from sepconv.compiler.int8.calibration import replay_calibration
+    from sepconv.errors import ArtifactError
 
+    recipe = int(record.get("recipe", 1))
+    if recipe != RECIPE:
+        raise ArtifactError(
+            f"this artifact was quantized by recipe {recipe} ({RECIPES.get(recipe, '?')}); this "
+            f"sepconv quantizes by recipe {RECIPE} ({RECIPES[RECIPE]}), so the reference it "
+            "would rebuild is not the artifact's: recompile it with this sepconv"
+        )
     shapes, dtypes = _signature(inputs)
     cal = replay_calibration(record["calibration"], shapes, dtypes)
     module = getattr(module, "program", module)  # a .pt2 reference: its ExportedProgram

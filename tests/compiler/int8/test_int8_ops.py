@@ -244,6 +244,9 @@ def assert_lowered(u: Unit, stats) -> None:
     assert ops["left_to_tvm"] == 0, ops
     name = {"depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv"}
     assert any(name[u.kind] in f for f in stats.primfuncs), stats.primfuncs
+    if u.kind == "pointwise" and u.c * 255 * 128 < 2**24:
+        # on the dot instruction, or summed in fp32 (exact at these widths): never int32 lanes
+        assert ops["packed"] + ops["float_exact"] == 1, ops
 
 
 def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
@@ -276,6 +279,26 @@ def test_narrow_pointwise_uses_the_dot_panels_when_the_target_has_them(host):
         assert_close(got, ref)
         packed = stats.sepconv_ops["int8"].get("packed")
         assert packed == int(u.narrow or dot.full_range), (u.id, stats.sepconv_ops)
+
+
+def test_float_exact_bound():
+    from sepconv.compiler.int8.ops import float_exact
+
+    assert float_exact(514, 255, 0, 128)  # 514·255·128 = 16 776 960 < 2**24
+    assert not float_exact(515, 255, 0, 128)
+    assert float_exact(1024, 127, 0, 128)  # reduce_range inputs: twice the channels
+    assert not float_exact(1024, 127, 120, 128)  # |x − zx| can reach 247
+    assert not float_exact(600, 255, 0, 128)
+
+
+def test_a_pointwise_too_wide_for_fp32_sums_stays_in_int32(host):
+    """600 full-range channels of 255 · −128 sum to −19.6M: past 2**24, so no fp32 path."""
+    u = Unit("pointwise", 600, 8, 4, act="none")
+    d = _data(u, x_fill=255, w_fill=-128)
+    got, ref, stats = run_unit(u, d, host)
+    ops = stats.sepconv_ops["int8"]
+    assert ops["float_exact"] == 0 and ops["pointwise"] == 1, ops
+    assert_close(got, ref)
 
 
 # -- edge values: the ends of the 8-bit ranges, exact and saturating -------------------------

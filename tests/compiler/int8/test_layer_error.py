@@ -135,3 +135,26 @@ def test_layers_flag_is_refused_on_fp32_artifacts(tmp_path):
     )  # fmt: skip
     with pytest.raises(sepconv.SepconvError, match="for int8 artifacts"):
         sepconv.validate(art.path, layers=True)
+
+
+def test_an_artifact_of_another_quantization_recipe_is_not_validated_against_this_one(
+    collapsed_artifact,
+):
+    """The reference is rebuilt from the manifest by this sepconv's recipe: an artifact
+    quantized by another (an older sepconv's) would be compared with scales it never had."""
+    import json
+
+    from sepconv.compiler.artifact import MANIFEST
+    from sepconv.compiler.int8.ptq import RECIPE
+
+    art, model = collapsed_artifact
+    manifest = json.loads((art.path / MANIFEST).read_text())
+    assert manifest["model"]["quantization"]["recipe"] == RECIPE
+    manifest["model"]["quantization"]["recipe"] = RECIPE - 1
+    (art.path / MANIFEST).write_text(json.dumps(manifest))
+    try:
+        with pytest.raises(sepconv.SepconvError, match="recompile it with this sepconv"):
+            sepconv.validate(art.path, reference=model)
+    finally:
+        manifest["model"]["quantization"]["recipe"] = RECIPE
+        (art.path / MANIFEST).write_text(json.dumps(manifest))
