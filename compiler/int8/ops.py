@@ -59,11 +59,12 @@ def _i32(v):
 FLOAT_EXACT_BOUND = 2**24
 
 
-def float_exact(channels: int, x_max_abs: int, zx: int, w_max_abs: int) -> bool:
-    """Whether a pointwise sum over ``channels`` of 8-bit products, its zero-point correction
-    and their difference are all integers below 2**24: then an fp32 FMA accumulation gives the
-    int32 result bit for bit, on the fp32 micro-kernel (where no dot instruction applies)."""
-    worst = channels * w_max_abs * max(x_max_abs, abs(zx), x_max_abs + abs(zx))
+def float_exact(terms: int, x_max_abs: int, zx: int, w_max_abs: int) -> bool:
+    """Whether a sum of ``terms`` 8-bit products (a conv's reduction: C, or KH·KW, or
+    KH·KW·C), its zero-point correction and their difference are all integers below 2**24:
+    then an fp32 FMA accumulation gives the int32 result bit for bit, on the fp32 kernels'
+    vector FMAs instead of int32 vector multiplies (where no dot instruction applies)."""
+    worst = terms * w_max_abs * max(x_max_abs, abs(zx), x_max_abs + abs(zx))
     return worst < FLOAT_EXACT_BOUND
 
 
@@ -77,15 +78,19 @@ def accumulate(
     depthwise: bool,
 ) -> te.Tensor:
     """Σ xq_pad · wq in int32 (no zero-point correction). Weights: depthwise ``[KH, KW, C]``,
-    pointwise ``[C, O]``, dense ``[KH, KW, C, O]``. Pointwise weights in float32 make it an
-    fp32 sum (exact within :func:`float_exact`'s bound)."""
+    pointwise ``[C, O]``, dense ``[KH, KW, C, O]``. Weights in float32 make it an fp32 sum
+    (exact within :func:`float_exact`'s bound)."""
     n, h, wd, c = xq.shape
+    acc = F32 if str(wq.dtype) == F32 else I32
+
+    def mul(x, w):
+        return x.astype(acc) * w.astype(acc)
+
     if len(wq.shape) == 2:  # pointwise
         rc = te.reduce_axis((0, c), "rc")
-        acc = str(wq.dtype) if str(wq.dtype) == F32 else I32
         return te.compute(
             (n, h, wd, wq.shape[1]),
-            lambda i, y, z, o: te.sum(xq[i, y, z, rc].astype(acc) * wq[rc, o].astype(acc), axis=rc),
+            lambda i, y, z, o: te.sum(mul(xq[i, y, z, rc], wq[rc, o]), axis=rc),
             name=PW,
         )
     kh_, kw_ = wq.shape[0], wq.shape[1]
@@ -101,15 +106,13 @@ def accumulate(
     if depthwise:
         return te.compute(
             (n, oh, ow, wq.shape[2]),
-            lambda i, y, z, k: te.sum(_i32(at(i, y, z, k)) * _i32(wq[rh, rw, k]), axis=[rh, rw]),
+            lambda i, y, z, k: te.sum(mul(at(i, y, z, k), wq[rh, rw, k]), axis=[rh, rw]),
             name=DW,
         )
     rc = te.reduce_axis((0, wq.shape[2]), "rc")
     return te.compute(
         (n, oh, ow, wq.shape[3]),
-        lambda i, y, z, k: te.sum(
-            _i32(at(i, y, z, rc)) * _i32(wq[rh, rw, rc, k]), axis=[rh, rw, rc]
-        ),
+        lambda i, y, z, k: te.sum(mul(at(i, y, z, rc), wq[rh, rw, rc, k]), axis=[rh, rw, rc]),
         name=CONV,
     )
 
