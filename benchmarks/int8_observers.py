@@ -23,10 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
-ZOO = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-       "efficientnet_b0", "shufflenet_v2")  # fmt: skip
+from int8_zoo import RESULTS, ZOO  # the same models, results beside its
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ import torch
 from sepconv.errors import CompileError
 
 OBSERVERS = ("histogram", "minmax")
-# benchmarks/int8_observers.py: histogram's SQNR against fp32 is 0.2–2.4 dB above minmax's on
+# benchmarks/int8_observers.py: histogram's SQNR against fp32 is 0.2–2.1 dB above minmax's on
 # every zoo model at 224 (README, "int8")
 DEFAULT_OBSERVER = "histogram"
 # What we annotate beyond torchao's recipe (_SeparableRecipe). Recorded in the manifest: the
