@@ -12,7 +12,8 @@ The scheme, from the target:
   observer     ``histogram`` (minimises the L2 quantization error: robust to outliers) or
                ``minmax``
 The ops grouped into one quantized unit (conv → activation, conv → add → ReLU, …) are the
-quantizer's annotations (torchao's X86 and ARM inductor quantizers).
+quantizer's annotations (torchao's X86 and ARM inductor quantizers), with two of ours for
+squeeze-and-excitation and channel concats (:class:`_SeparableRecipe`, versioned as ``RECIPE``).
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ class _SeparableRecipe:
       inputs already are, so ShuffleNetV2's branch output stayed float through concat, channel
       shuffle and split — and so did the pointwise conv producing it. Every input and the
       output share one observer (as TFLite's int8 concat requires), so the conv becomes an
-      integer unit and concat / shuffle / split move 8-bit values without rescaling them.
+      integer unit, concat and shuffle move 8-bit values without rescaling them, and each half
+      of the split is requantized once, to the scale its consumer reads.
     """
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
