@@ -192,7 +192,7 @@ def rule_choice_vs_best(
     from sepconv.compiler.tuning.spaces import rule_spaces, space_generator
 
     best = best_record_us(task, database)
-    rs = rule_spaces(task.mod["main"], target)
+    rs = rule_spaces(task.mod["main"], target, max_spaces=1)  # its own choice is all we time
     own = rs.schedules[:1] if rs.enumerated else []
     own = own or rs.own[:1]
     if not own:
