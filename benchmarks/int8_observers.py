@@ -28,7 +28,7 @@ from int8_zoo import RESULTS, ZOO  # the same models, results beside its
 
 def main(argv=None) -> int:
     from sepconv.compiler.int8.accuracy import cosine, sqnr_db
-    from sepconv.compiler.int8.ptq import OBSERVERS, quantize_model
+    from sepconv.compiler.int8.ptq import OBSERVERS, full_range_dot, quantize_model
     from sepconv.models import get_model
     from sepconv.targets import resolve_target
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tspec = resolve_target("host")
-    full_range = "avx512vnni" in tspec.isa
+    full_range = full_range_dot(tspec.isa)
     rows = []
     for name in args.models:
         spec = get_model(name)

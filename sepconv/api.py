@@ -160,7 +160,7 @@ def _quantized_graph(module, inputs, record, tspec, calibration, observer, seed,
     """int8: a PT2E-quantized program as it is, anything else quantized here → (graph, the
     simulated-quantization reference or None when the program is its own reference)."""
     from sepconv.compiler.importer import import_exported, import_module
-    from sepconv.compiler.int8.ptq import quantize_model
+    from sepconv.compiler.int8.ptq import full_range_dot, quantize_model
     from sepconv.compiler.int8.qdq_import import is_quantized_program
     from sepconv.compiler.model_files import ModelFile
 
@@ -183,7 +183,7 @@ def _quantized_graph(module, inputs, record, tspec, calibration, observer, seed,
     on_stage("calibrate and quantize")
     reference, quant = quantize_model(
         source, inputs, calibration=calibration, target_arch=tspec.host_arch, observer=observer,
-        seed=seed, full_range="avx512vnni" in tspec.isa,
+        seed=seed, full_range=full_range_dot(tspec.isa),
     )  # fmt: skip
     if quant["calibration"]["kind"] == "random":
         log.warning(

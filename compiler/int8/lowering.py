@@ -224,10 +224,7 @@ class _Lowering(FuncEmitter):
         one, the channels fit its 4 × L panel, and the input stays within its exact range."""
         if self.dot is None or q.x.dtype != "uint8" or c % 4 or o % self.dot.lanes:
             return False
-        hi = _upper_clamp(q.xq)
-        if hi is None:
-            hi = self.x_max.get(q.xq, 255)
-        return self.dot.full_range or hi <= 127
+        return self.dot.full_range or self._x_max(q) <= 127
 
     def unit(self, q: QuantizedConvMatch | None) -> relax.Expr | None:
         if q is None:

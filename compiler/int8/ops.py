@@ -178,17 +178,21 @@ def mean_pool(xq: te.Tensor, x: QParams, out: QParams) -> te.Tensor:
         name="sepconv_qsum",
     )
     area = tirx.const(float(int(h) * int(w)), F32)
-    if np.float32(x.scale) == np.float32(out.scale):
-        unit = QParams(1.0, out.zero_point, out.dtype, out.lo, out.hi)
-        return te.compute(
-            total.shape,
-            lambda *i: quantize_expr(total(*i).astype(F32) / area, unit),
-            name="sepconv_qmean",
-        )
-    scale = tirx.const(float(x.scale), F32)
+    if np.float32(x.scale) == np.float32(out.scale):  # the mean itself, quantized at scale 1
+
+        def mean(v):
+            return v / area
+
+        out = QParams(1.0, out.zero_point, out.dtype, out.lo, out.hi)
+    else:
+        scale = tirx.const(float(x.scale), F32)
+
+        def mean(v):
+            return v * scale / area
+
     return te.compute(
         total.shape,
-        lambda *i: quantize_expr(total(*i).astype(F32) * scale / area, out),
+        lambda *i: quantize_expr(mean(total(*i).astype(F32)), out),
         name="sepconv_qmean",
     )
 

@@ -69,6 +69,13 @@ class QuantScheme:
         )
 
 
+def full_range_dot(isa) -> bool:
+    """Whether the target's u8·s8 dot instruction is exact on u8 0…255 (AVX-512 VNNI's
+    ``vpdpbusd``); without it x86's ``vpmaddubsw`` sums pairs into s16, which full-range
+    operands can saturate. ``isa``: the target's feature names."""
+    return "avx512vnni" in isa
+
+
 def scheme_for(
     target_arch: str, observer: str = DEFAULT_OBSERVER, full_range: bool = False
 ) -> QuantScheme:

@@ -217,9 +217,10 @@ def ort_reduce_range() -> bool:
     """Whether ONNX Runtime's int8 should use 7-bit weights here: without VNNI, x86's u8×s8 dot
     (``vpmaddubsw``) sums pairs into 16 bits, which full-range operands can saturate (sepconv
     narrows its activations to 0…127 there instead)."""
+    from sepconv.compiler.int8.ptq import full_range_dot
     from sepconv.targets import resolve_target
 
-    return "avx512vnni" not in resolve_target("host").isa
+    return not full_range_dot(resolve_target("host").isa)
 
 
 def ort_quantize_static(fp32_path, int8_path, samples, reduce_range: bool, input_name="input"):
