@@ -188,7 +188,12 @@ def fused_row(layer, target, runs: int) -> dict:
     (wd, bd), (wp, bp) = _params(block)
     x_nhwc = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))
     wd_hwc = np.ascontiguousarray(wd[:, 0].transpose(1, 2, 0))
-    wp_co = np.ascontiguousarray(wp[:, :, 0, 0].T)
+    from sepconv.compiler.sepconv_ops import pack_pointwise
+    from sepconv.schedules.nhwc_tile import panel_width
+    from sepconv.schedules.target_params import cpu_params
+
+    out_channels = wp.shape[0]
+    wp_co = pack_pointwise(wp[:, :, 0, 0].T, panel_width(out_channels, cpu_params(target)))
 
     fused_f = _kernel(block, x, target, {"sepconv_dw", "sepconv_pw"})[0]
     fused = Kernel(fused_f, target, [x_nhwc, wd_hwc, bd, wp_co, bp.reshape(1, 1, 1, -1)])

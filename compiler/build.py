@@ -121,7 +121,7 @@ def prepare_graph(
     if uses_sepconv_ops(target, sepconv_ops):
         from sepconv.compiler.separable import apply_separable_ops
 
-        mod, sep = apply_separable_ops(mod, fuse=fuse_dw_pw)
+        mod, sep = apply_separable_ops(mod, target, fuse=fuse_dw_pw)
         stats = sep.to_json()
     if target.kind.name == "llvm":
         mod = fast_sigmoid(mod)  # after the layout change: it has no layout rule of its own

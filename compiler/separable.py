@@ -40,6 +40,8 @@ from sepconv.compiler.patterns import (
     normalize_clip,
 )
 from sepconv.compiler.sepconv_ops import Activation
+from sepconv.schedules.nhwc_tile import panel_width
+from sepconv.schedules.target_params import CpuParams, cpu_params
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +122,15 @@ class FuncEmitter:
 class _Rewriter(FuncEmitter):
     """Turns matched calls into call_tir of our fp32 TE operators."""
 
-    def __init__(self, mod: tvm.IRModule):
+    def __init__(self, mod: tvm.IRModule, params: CpuParams):
         super().__init__(mod)
         self.stats = SeparableStats()
+        self.params = params
+
+    def pointwise_weights(self, w_co: np.ndarray, name: str) -> tuple[te.Tensor, relax.Expr]:
+        """The placeholder and the packed constant of a pointwise conv's ``[C, O]`` weights."""
+        packed = ops.pack_pointwise(w_co, panel_width(w_co.shape[1], self.params))
+        return te_placeholder(packed.shape, packed.dtype, name), _const(packed)
 
     # -- single convs -------------------------------------------------------------------------
     def conv(self, call) -> relax.Expr | None:
@@ -146,11 +154,9 @@ class _Rewriter(FuncEmitter):
             self.stats.left_to_tvm += 1
             return None
         if p.is_pointwise:
-            wp = te_placeholder(wv.shape[2:], wv.dtype, "w")
+            wp, packed = self.pointwise_weights(wv[0, 0], "w")
             self.stats.pointwise += 1
-            return self.emit(
-                "sepconv_pw", [xp, wp], ops.pointwise_nhwc(xp, wp), [x, _const(wv[0, 0])]
-            )
+            return self.emit("sepconv_pw", [xp, wp], ops.pointwise_nhwc(xp, wp), [x, packed])
         wp = te_placeholder(wv.shape, wv.dtype, "w")
         self.stats.dense += 1
         out = ops.conv_nhwc(xp, wp, p.stride, p.padding, p.dilation)
@@ -176,10 +182,10 @@ class _Rewriter(FuncEmitter):
         xp = _te_placeholder(x, "x")
         wdp = te_placeholder((kh, kw, k_out), wdw.dtype, "w_dw")
         bdp = te_placeholder((k_out,), wdw.dtype, "b_dw")
-        wpp = te_placeholder(wpw.shape[2:], wpw.dtype, "w_pw")
+        wpp, packed = self.pointwise_weights(wpw[0, 0], "w_pw")
         out = ops.fused_dw_pw_nhwc(xp, wdp, bdp, wpp, dw.stride, dw.padding, dw.dilation, act)
         self.stats.fused_dw_pw += 1
-        args = [x, _const(wdw.reshape(kh, kw, k_out)), _const(bias), _const(wpw[0, 0])]
+        args = [x, _const(wdw.reshape(kh, kw, k_out)), _const(bias), packed]
         return self.emit("sepconv_dw_pw", [xp, wdp, bdp, wpp], out, args)
 
 
@@ -208,9 +214,12 @@ def _or(new, old):
     return old if new is None else new
 
 
-def rewrite_separable(mod: tvm.IRModule, fuse: bool = True) -> tuple[tvm.IRModule, SeparableStats]:
-    """Rewrite ``main``'s convs into our operators (after :func:`to_channels_last`)."""
-    rw = _Rewriter(mod)
+def rewrite_separable(
+    mod: tvm.IRModule, target: tvm.target.Target, fuse: bool = True
+) -> tuple[tvm.IRModule, SeparableStats]:
+    """Rewrite ``main``'s convs into our operators (after :func:`to_channels_last`); the
+    pointwise weights are packed for ``target``'s GEMM micro-kernel."""
+    rw = _Rewriter(mod, cpu_params(target))
     main = mod["main"]
     if fuse:
         pats = SeparablePattern()
@@ -230,7 +239,7 @@ def has_depthwise_conv(mod: tvm.IRModule) -> bool:
 
 
 def apply_separable_ops(
-    mod: tvm.IRModule, fuse: bool = True
+    mod: tvm.IRModule, target: tvm.target.Target, fuse: bool = True
 ) -> tuple[tvm.IRModule, SeparableStats]:
     """The whole rewrite, on a module whose weights are still constants (BN already folded).
 
@@ -241,5 +250,5 @@ def apply_separable_ops(
     if not has_depthwise_conv(mod):
         return mod, SeparableStats()
     mod = to_channels_last(mod)
-    mod, stats = rewrite_separable(mod, fuse=fuse)
+    mod, stats = rewrite_separable(mod, target, fuse=fuse)
     return relax.transform.FoldConstant()(mod), stats

@@ -8,13 +8,20 @@ merged epilogues (bias, activation, residual add) into the same PrimFunc; the na
 with those rules, in :mod:`sepconv.schedules.block_names`.
 
 Weights layouts (chosen for the vector lanes, folded at compile time):
-  depthwise ``[KH, KW, C·M]``   pointwise ``[C, O]``   dense conv ``[KH, KW, C, O]`` (HWIO)
+  depthwise ``[KH, KW, C·M]``   pointwise ``[O/B, C, B]``   dense conv ``[KH, KW, C, O]`` (HWIO)
+
+The pointwise weights are packed into panels of ``B`` output channels (the GEMM micro-kernel's
+width, :func:`sepconv.schedules.nhwc_tile.panel_width`): the ``C × B`` weights one register tile
+reads over its whole reduction are then contiguous, so they stream through the hardware
+prefetcher and stay in L1, where ``[C, O]`` puts each step's ``B`` weights ``O`` floats apart — a
+new page every step for the 1024-channel layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from tvm import te, tirx
 
 # The operators' identity; the rules that recognise them own the names.
@@ -75,13 +82,23 @@ def depthwise_nhwc(
     )
 
 
+def pack_pointwise(w_co: np.ndarray, panel: int) -> np.ndarray:
+    """``[C, O]`` weights as ``[O/B, C, B]`` panels of ``B = panel`` output channels."""
+    c, o = w_co.shape
+    if o % panel:
+        raise ValueError(f"panel width {panel} does not divide {o} output channels")
+    return np.ascontiguousarray(w_co.reshape(c, o // panel, panel).transpose(1, 0, 2))
+
+
 def pointwise_nhwc(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
-    """y[n,h,w,o] = Σ_c x[n,h,w,c] · W[c,o] — a GEMM over the channel axis."""
+    """y[n,h,w,o] = Σ_c x[n,h,w,c] · W[o/B, c, o%B] — a GEMM over the channel axis, its
+    weights in panels of B output channels (:func:`pack_pointwise`)."""
     n, h, wd, c = x.shape
+    panels, _, width = w.shape
     rc = te.reduce_axis((0, c), "rc")
     return te.compute(
-        (n, h, wd, w.shape[1]),
-        lambda i, y, z, o: te.sum(x[i, y, z, rc] * w[rc, o], axis=rc),
+        (n, h, wd, panels * width),
+        lambda i, y, z, o: te.sum(x[i, y, z, rc] * w[o // width, rc, o % width], axis=rc),
         name=name,
     )
 

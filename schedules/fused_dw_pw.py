@@ -11,9 +11,12 @@ expanded block) is never written to memory in full. Each parallel task owns one 
       epilogue                 bias, activation, residual add from the accumulators
 
 Both halves use :func:`.nhwc_tile.tile_output`, the mechanism every operator rule shares.
-``tunable=True`` samples both tiles; "where the intermediate is computed" is a choice too: per
-row (the default) or per row and pixel tile (``p`` pixels × C, smaller but recomputed for nothing
-— a 1×1 pointwise needs no halo — and with less reuse of the pointwise weights).
+
+Late blocks are the exception: on a 7×7 or 14×14 map with 512–1024 channels the pointwise
+weights (1–4 MB) outweigh the row, and a row at a time would stream all of them from memory
+once per row. There the depthwise output is made whole (≤ 400 KB) and the pointwise runs as the
+GEMM of ``sepconv_pw`` with weight panels outermost (:class:`.nhwc_tile.GemmTile`), each panel
+read from memory once. ``tunable=True`` samples both tiles, and the two structures.
 """
 
 from __future__ import annotations
@@ -24,11 +27,16 @@ from tvm.target import Target
 from .base import CpuRule
 from .block_names import DW, DW_ACT, PAD, PW
 from .nhwc_tile import (
+    GemmTile,
+    choose_gemm_tile,
     choose_tile,
+    gemm_dims,
+    gemm_tile_candidates,
     named_blocks,
     output_epilogue,
     sample_tile,
     tile_candidates,
+    tile_gemm,
     tile_output,
 )
 from .target_params import cpu_params
@@ -58,13 +66,25 @@ class FusedDepthwisePointwise(CpuRule):
         dw, act, pw = blocks[DW], blocks[DW_ACT], blocks[PW]
         epilogue = output_epilogue(sch, pw, [blocks[n] for n in names[names.index(PW) + 1 :]])
 
-        pw_tile = choose_tile(*_out_dims(sch, pw), params)
+        gemm = choose_gemm_tile(*gemm_dims(sch, pw), params)
+        pw_tile = gemm if gemm.channels_outer else choose_tile(*_out_dims(sch, pw), params)
         dw_tile = choose_tile(*_out_dims(sch, dw), params, max_k=4)
         if tunable:
-            pw_tile = sample_tile(sch, tile_candidates(*_out_dims(sch, pw), params), pw_tile)
+            panels_outer = [
+                t for t in gemm_tile_candidates(*gemm_dims(sch, pw), params) if t.channels_outer
+            ]
+            pw_tile = sample_tile(
+                sch, tile_candidates(*_out_dims(sch, pw), params) + panels_outer, pw_tile
+            )
             dw_tile = sample_tile(
                 sch, tile_candidates(*_out_dims(sch, dw), params, max_k=4), dw_tile
             )
+        if isinstance(pw_tile, GemmTile):
+            # few pixels, many weights: every pixel tile runs against one weight panel at a
+            # time, so the depthwise output is made whole first (a 14×14×512 map: 400 KB)
+            tile_gemm(sch, pw, epilogue, pw_tile, params)
+            tile_output(sch, dw, act, dw_tile, params)
+            return sch
         row = tile_output(sch, pw, epilogue, pw_tile, params, split_channels=False)
         if row is None:
             return None

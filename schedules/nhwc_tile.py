@@ -10,6 +10,9 @@ its output the same way and differs only in the reduction it runs inside the til
           for p < P, j < k: vector FMA    P·k accumulators in registers, V lanes each
         epilogue (bias, activation, residual) straight from the accumulators
 
+Pointwise convs are GEMMs and use :func:`tile_gemm`, the same tile over the flattened pixels (so
+P need not divide the row) with the weight panels or the pixel tiles outermost.
+
 ``V`` comes from the target (16 fp32 lanes on AVX-512, 8 on AVX2, 4 on NEON) and ``P·k`` from its
 register count, so the same code serves every CPU target. Blocks are recognised by the names our
 operators give them (``sepconv_dw``, ``sepconv_pw`` …), which survive FuseOps/FuseTIR.
@@ -82,6 +85,122 @@ def tile_candidates(out_w: int, channels: int, params: CpuParams, max_k: int = 8
         for k in divisors(channels // vec)
         if k <= max_k and _fits(p, k, vec, params)
     ]
+
+
+# A GEMM tile runs over the flattened pixels, so its P need not divide the row; the tail tile
+# is predicated.
+GEMM_PIXEL_TILES = tuple(range(12, 0, -1))
+# Bytes of one weight panel's reduction block kept in L1 (half of a 32 KiB L1d: the pixels'
+# inputs need the other half).
+L1_PANEL_BYTES = 16 * 1024
+
+
+def panel_width(channels: int, params: CpuParams) -> int:
+    """Output channels per packed pointwise weight panel (:func:`sepconv_ops.pack_pointwise`):
+    two vectors, the width of the GEMM micro-kernels CPU BLAS libraries use (6 × 16 floats on
+    AVX2, MLAS's 12 × 32 on AVX-512), when two divide ``channels``; else one vector."""
+    vec = vector_lanes(channels, params)
+    return 2 * vec if channels % (2 * vec) == 0 else vec
+
+
+@dataclass(frozen=True)
+class GemmTile(OutputTile):
+    """A pointwise GEMM tile over the flattened pixels, and its loop order.
+
+    ``channels_outer``: each task owns a panel of output channels and runs every pixel tile
+    against it, so the panel's weights are read from memory once and then from L1/L2 — the
+    order when the weights outweigh the input (late layers: 7×7 and 14×14 maps with 512–1280
+    channels). Otherwise each task owns a pixel tile and streams the (smaller) weights past it.
+    ``reduction_block``: input channels per pass over a panel (0: all of them), so that one
+    block of a panel stays in L1 while every pixel tile uses it.
+    """
+
+    channels_outer: bool = False
+    reduction_block: int = 0
+
+
+def choose_gemm_tile(
+    pixels: int, in_channels: int, channels: int, params: CpuParams
+) -> GemmTile:
+    """The micro-kernel of :func:`panel_width` (k = panel / V) with as many pixels as the
+    accumulator registers hold; channels outer when the weights (C·O) outweigh the input (M·C)."""
+    vec = vector_lanes(channels, params)
+    k = panel_width(channels, params) // vec
+    p = next(p for p in GEMM_PIXEL_TILES if _fits(p, k, vec, params))
+    outer = channels > pixels
+    return GemmTile(vec, k, p, outer, _reduction_block(in_channels, k * vec) if outer else 0)
+
+
+def gemm_tile_candidates(pixels: int, in_channels: int, channels: int, params: CpuParams):
+    """Every GEMM tile that fits the registers, in both loop orders (the tunable space)."""
+    vec = vector_lanes(channels, params)
+    return [
+        GemmTile(vec, k, p, outer, _reduction_block(in_channels, k * vec) if outer else 0)
+        for outer in (False, True)
+        for p in GEMM_PIXEL_TILES
+        for k in divisors(channels // vec)
+        if k <= 8 and _fits(p, k, vec, params)
+    ]
+
+
+def _reduction_block(in_channels: int, tile_channels: int) -> int:
+    """Largest divisor of the input channels whose panel block fits L1 (0 if all of them do)."""
+    limit = L1_PANEL_BYTES // (4 * tile_channels)
+    if in_channels <= limit:
+        return 0
+    return max(d for d in divisors(in_channels) if d <= limit)
+
+
+def gemm_dims(sch: s_tir.Schedule, block: SBlockRV) -> tuple[int, int, int]:
+    """(pixels M, input channels C, output channels O) of a pointwise block."""
+    n, h, w, channels = _out_shape(sch, block)
+    reduction = [iv for iv in sch.get(block).iter_vars if iv.iter_type == 2]
+    return n * h * w, int(reduction[0].dom.extent), channels
+
+
+def tile_gemm(
+    sch: s_tir.Schedule,
+    block: SBlockRV,
+    epilogue: SBlockRV,
+    tile: GemmTile,
+    params: CpuParams,
+):
+    """Register-tile a pointwise ``block`` (loops n, h, w, o, c) as a GEMM over M = N·H·W pixels.
+
+    The block, its output buffer and its epilogue are re-indexed by the flattened pixel, so a
+    tile of P pixels may span rows (P = 6 on AVX2 although 7 and 14 are the row widths) and the
+    epilogue covers exactly the tile. Returns the parallel loop.
+    """
+    if _out_shape(sch, epilogue) != _out_shape(sch, block):
+        return tile_output(sch, block, epilogue, tile, params)
+    n_, h_, w_, _ = _out_shape(sch, block)
+    sch.transform_layout(block, ("write", 0), lambda n, h, w, o: (n * h_ * w_ + h * w_ + w, o))
+    sch.transform_block_layout(block, lambda n, h, w, o, c: (n * h_ * w_ + h * w_ + w, o, c))
+    sch.transform_block_layout(epilogue, lambda n, h, w, o: (n * h_ * w_ + h * w_ + w, o))
+    m, o, c = sch.get_loops(block)[-3:]
+    mo, mi = sch.split(m, [None, tile.p])
+    oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
+    if tile.channels_outer and tile.reduction_block:
+        co, ci = sch.split(c, [None, tile.reduction_block])
+        sch.reorder(oo, co, mo, ci, mi, ok, ov)
+        at, red = oo, co
+    elif tile.channels_outer:
+        sch.reorder(oo, mo, c, mi, ok, ov)
+        at, red = mo, c
+    else:
+        sch.reorder(mo, oo, c, mi, ok, ov)
+        at, red = oo, c
+    sch.unroll(mi)
+    sch.unroll(ok)
+    if tile.vec > 1:
+        sch.vectorize(ov)
+    sch.reverse_compute_at(epilogue, at, preserve_unit_loops=True)
+    vectorize_tail(sch, epilogue, tile)
+    outer = oo if tile.channels_outer else mo
+    sch.parallel(outer)
+    init = sch.decompose_reduction(block, red)
+    vectorize_tail(sch, init, tile)
+    return outer
 
 
 def named_blocks(sch: s_tir.Schedule) -> dict[str, SBlockRV] | None:

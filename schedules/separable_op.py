@@ -8,8 +8,9 @@ operator            reduction inside the tile  why it is fast
 ==================  =========================  ============================================
 ``sepconv_dw``      kh × kw (unrolled)         channels in the lanes: every tap is a full
                                                vector FMA for any stride, no gathers
-``sepconv_pw``      c                          a GEMM micro-kernel: P pixel broadcasts ×
-                                               k weight vectors per step
+``sepconv_pw``      c                          a GEMM micro-kernel over the flattened
+                                               pixels: P pixel broadcasts × k vectors of
+                                               a packed weight panel per step
 ``sepconv_conv``    kh × kw × c                the stem: the same micro-kernel over HWIO
 ==================  =========================  ============================================
 
@@ -26,11 +27,15 @@ from tvm.target import Target
 from .base import CpuRule
 from .block_names import CONV, DW, PAD, PW
 from .nhwc_tile import (
+    choose_gemm_tile,
     choose_tile,
+    gemm_dims,
+    gemm_tile_candidates,
     named_blocks,
     output_epilogue,
     sample_tile,
     tile_candidates,
+    tile_gemm,
     tile_output,
 )
 from .target_params import cpu_params
@@ -41,6 +46,7 @@ class SeparableOp(CpuRule):
 
     op: str = ""
     max_k: int = 8  # vectors of channels per tile
+    gemm: bool = False  # a 1×1 reduction over channels: tiled as a GEMM over flattened pixels
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
         if not self.is_target_available(target) or not isinstance(func, tirx.PrimFunc):
@@ -62,6 +68,12 @@ class SeparableOp(CpuRule):
             sch, main, [blocks[n] for n in names[names.index(self.op) + 1 :]]
         )
         params = cpu_params(target)
+        if self.gemm:
+            tile = choose_gemm_tile(*gemm_dims(sch, main), params)
+            if tunable:
+                tile = sample_tile(sch, gemm_tile_candidates(*gemm_dims(sch, main), params), tile)
+            tile_gemm(sch, main, epilogue, tile, params)
+            return sch
         _, _, out_w, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
         tile = choose_tile(out_w, channels, params, self.max_k)
         if tunable:

@@ -122,7 +122,7 @@ def test_pass_leaves_graphs_without_depthwise_convs_unchanged():
     from sepconv.compiler.separable import apply_separable_ops
 
     mod = fold_batch_norm(import_module(NoDepthwise().eval(), (torch.randn(1, 4, 8, 8),)).mod)
-    rewritten, stats = apply_separable_ops(mod)
+    rewritten, stats = apply_separable_ops(mod, resolve_target("host").target)
     assert stats.to_json() == {k: 0 for k in stats.to_json()}
     tvm.ir.assert_structural_equal(rewritten, mod)
 

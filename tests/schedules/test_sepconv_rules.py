@@ -20,7 +20,7 @@ from sepconv.schedules import (
     SepconvPointwise,
     apply_schedules,
 )
-from sepconv.schedules.nhwc_tile import choose_tile, tile_candidates
+from sepconv.schedules.nhwc_tile import choose_gemm_tile, choose_tile, tile_candidates
 from sepconv.schedules.target_params import cpu_params
 from tests.compiler.separable_cases import DepthwiseLayer, separable_block
 from tests.schedules.conftest import run_primfunc
@@ -176,3 +176,72 @@ def test_neon_rules_cross_compile_and_export(tmp_path):
     with open(art.path / "model.so", "rb") as f:
         header = f.read(20)
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # AArch64
+
+
+def _parallel_extents(text: str) -> list[int]:
+    return [
+        int(line.split("T.parallel(")[1].split(")")[0].replace("T.int64(", ""))
+        for line in text.splitlines()
+        if "T.parallel(" in line
+    ]
+
+
+@pytest.mark.parametrize(
+    "hw, channels, out, outer",
+    [(7, 64, 128, True), (56, 32, 64, False)],
+    ids=["7x7-weights-outweigh-pixels", "56x56-pixels-outweigh-weights"],
+)
+def test_pointwise_is_a_gemm_over_flattened_pixels_in_the_order_its_shape_wants(
+    hw, channels, out, outer
+):
+    """Weight panels outermost when the weights outweigh the input (late layers), pixel tiles
+    outermost otherwise; on AVX2 the tile is 6 pixels × 2 vectors whether or not 6 divides the
+    row (7×7: the tiles span rows, the last one predicated)."""
+    target = tvm.target.Target(AVX2)
+    tile = choose_gemm_tile(hw * hw, channels, out, cpu_params(target))
+    assert (tile.p, tile.k, tile.vec, tile.channels_outer) == (6, 2, 8, outer)
+    block = torch.nn.Sequential(
+        torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+        torch.nn.Conv2d(channels, out, 1),
+        torch.nn.ReLU6(),
+    ).eval()
+    x = torch.randn(1, channels, hw, hw)
+    mod, _, _ = lower(import_module(block, (x,)), target, fuse_dw_pw=False)
+    _, func = by_block(mod, "sepconv_pw")
+    text = RULES["pw"].apply(func, target, False).mod["main"].script()
+    pixels = hw * hw
+    expected = out // 16 if outer else -(-pixels // 6)
+    assert _parallel_extents(text) == [expected], text[:3000]
+    assert ("T.where" in text) == (pixels % 6 != 0)
+
+
+def test_pointwise_weights_are_packed_in_panels_of_the_micro_kernel_width():
+    from sepconv.compiler.sepconv_ops import pack_pointwise
+
+    w = np.arange(6 * 32, dtype="float32").reshape(6, 32)  # [C, O]
+    packed = pack_pointwise(w, 16)
+    assert packed.shape == (2, 6, 16)
+    assert packed[1, 4, 3] == w[4, 16 + 3]
+    with pytest.raises(ValueError, match="does not divide"):
+        pack_pointwise(w, 24)
+    for attrs, width in ((AVX2, 16), (AVX512, 32), (NEON, 8)):
+        target, mod = block_functions(attrs, DepthwiseLayer(32, 1, 3, 1, 1, 1, 14, 14, 64))
+        _, func = by_block(mod, "fused")
+        shapes = [tuple(int(d) for d in p.shape) for p in func.params]
+        assert (64 // width, 32, width) in shapes, (attrs, shapes)
+
+
+def test_fused_rule_makes_a_late_blocks_depthwise_output_whole_and_runs_panels_outermost():
+    """7×7 with more output channels than pixels: the row-at-a-time structure would stream
+    every weight once per row; the depthwise map is made whole and each panel read once."""
+    layer = DepthwiseLayer(64, 1, 3, 1, 1, 1, 7, 7, 128)
+    target, mod = block_functions(AVX2, layer)
+    _, func = by_block(mod, "fused")
+    sch = RULES["fused"].apply(func, target, False)
+    text = sch.mod["main"].script()
+    # two parallel regions: the depthwise map, then the 128 / 16 weight panels
+    assert _parallel_extents(text)[-1] == 8, text[:3000]
+    assert len(_parallel_extents(text)) == 2
+    reference = run_primfunc(func, target)
+    out = run_primfunc(sch.mod["main"], target)
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
