@@ -10,6 +10,9 @@ reduced axes are its innermost ones?* (``mean`` over H·W is ``SSSSRR``; softmax
 * A reduced extent that is a multiple of the vector width is summed in ``V`` vector lanes
   (``rfactor``) and the lanes are added at the end; otherwise the loop stays scalar (unrolled)
   — for MobileNet's 7×7 pool that is 49 adds per channel, a few microseconds in total.
+* A reduction across the contiguous axis (NHWC global pooling: ``x[n, h, w, c]`` summed over
+  h, w) runs the other way round: vectors along the channels, the pixels in the loop, tasks
+  owning whole cache lines of channels (:func:`_channels_last`).
 * Multi-reduction chains (softmax) are handed to TVM dlight's CPU ``Reduction`` rule, which
   does the same parallel/compute-at structure for them.
 
@@ -38,6 +41,54 @@ def _reads_one_tensor(block) -> bool:
 
 def _leading_s(kind: str) -> int:
     return len(kind) - len(kind.lstrip("S"))
+
+
+def _reduces_across_the_contiguous_axis(sch: s_tir.Schedule, block) -> bool:
+    """True when the reduced input's innermost index is a spatial iterator (NHWC pooling: the
+    mean over H·W of ``x[n, h, w, c]`` walks ``c``-contiguous rows, one channel per lane)."""
+    stmt = sch.get(block)
+    spatial = {iv.var for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.DataPar}
+    written = {w.source.name for w in stmt.writes}
+    for region in stmt.reads:
+        if region.source.name in written:
+            continue
+        last = region.region[-1]
+        return isinstance(last.min, tirx.Var) and last.min in spatial and int(last.extent) == 1
+    return False
+
+
+def _channels_last(sch: s_tir.Schedule, block, after, lanes: int):
+    """Vectors along the contiguous (channel) axis, the reduction over pixels outside them:
+    every pixel's channels are one contiguous load, where a channel at a time would read one
+    float per cache line. Each task owns a whole 64-byte line of channels (two AVX2 vectors)
+    so that no line is fetched by two tasks."""
+    n_s = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar)
+    loops = sch.get_loops(block)
+    s_loops, r_loops = loops[:n_s], loops[n_s:]
+    channels = int(sch.get(s_loops[-1]).extent)
+    width = next((w for w in (64 // 4, 2 * lanes, lanes) if w >= lanes and channels % w == 0), 0)
+    if not width:
+        return None
+    spatial = sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0]
+    r = sch.fuse(*r_loops) if len(r_loops) > 1 else r_loops[0]
+    so, sv = sch.split(spatial, [None, width])
+    sch.reorder(so, r, sv)
+    _vector_lanes(sch, sv, lanes)
+    if int(sch.get(so).extent) > 1:
+        sch.parallel(so)
+    if after:
+        epi = after[0].block_rv
+        sch.reverse_compute_at(epi, so, preserve_unit_loops=True)
+        _vector_lanes(sch, sch.get_loops(epi)[-1], lanes)
+    # after vectorize and parallel, which need the init/update pair still one block
+    sch.decompose_reduction(block, r)
+    return sch
+
+
+def _vector_lanes(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.unroll(outer)
+    sch.vectorize(inner)
 
 
 class Reduction(CpuRule):
@@ -73,6 +124,10 @@ class Reduction(CpuRule):
             return None
         lanes = cpu_params(target).lanes("float32")
         block = red.block_rv
+        if _reduces_across_the_contiguous_axis(sch, block):
+            done = _channels_last(sch, block, after, lanes)
+            if done is not None:
+                return done  # else (channels no whole vector) the scalar loop below
         loops = sch.get_loops(block)
         kind = red.dom_kind()
         n_s = _leading_s(kind)

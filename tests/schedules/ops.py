@@ -82,3 +82,8 @@ def softmax(m, n):
 
 def transpose(shape, axes):
     return legalized(lambda x: relax.op.permute_dims(x, axes), shape)
+
+
+def mean_nhwc(n, h, w, c):
+    """Global average pooling of a channels-last map (squeeze-and-excitation's pool)."""
+    return legalized(lambda x: relax.op.mean(x, axis=[1, 2], keepdims=True), (n, h, w, c))

@@ -45,6 +45,9 @@ CASES = {
     "global_avg_pool_7x7": (lambda: ops.mean_hw(1, 16, 7, 7), "Reduction"),
     "global_avg_pool_8x8": (lambda: ops.mean_hw(1, 4, 8, 8), "Reduction"),
     "softmax": (lambda: ops.softmax(2, 10), "Reduction"),
+    "global_avg_pool_nhwc": (lambda: ops.mean_nhwc(1, 14, 14, 32), "Reduction"),
+    "global_avg_pool_nhwc_24": (lambda: ops.mean_nhwc(1, 7, 7, 24), "Reduction"),
+    "global_avg_pool_nhwc_12": (lambda: ops.mean_nhwc(1, 5, 5, 12), "Reduction"),
 }  # fmt: skip
 
 _FUNCS: dict = {}
@@ -105,6 +108,16 @@ def test_conv_rule_uses_whole_vectors_and_parallel(target):
     sch = Conv2D().apply(func_of("pointwise"), target, False)
     text = sch.mod["main"].script()
     assert "T.parallel" in text and "T.vectorized" in text
+
+
+def test_channels_last_pool_runs_vectors_along_the_channels(target):
+    """NHWC pooling: the vector loop is the contiguous channel axis and the pixels are the
+    loop around it — not one channel at a time, which reads one float per cache line."""
+    sch = Reduction().apply(func_of("global_avg_pool_nhwc"), target, False)
+    text = sch.mod["main"].script()
+    update = text[text.index("for ax1_ax2_fused in range(T.int64(196))") :]
+    assert "T.vectorized" in update.split('T.sblock("x0_red_update")')[0]
+    assert "T.parallel" in text
 
 
 def test_depthwise_rule_pads_per_channel_not_per_load(target):
