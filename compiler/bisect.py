@@ -48,6 +48,7 @@ _LAYOUTS_4D = (("same", None), ("NCHW→NHWC", (0, 2, 3, 1)))
 _OUR_OPS = (
     ("sepconv_dw_pw", "fused dw→pw"),
     ("sepconv_dw", "depthwise"),
+    ("sepconv_linear", "linear"),
     ("sepconv_pw", "pointwise"),
     ("sepconv_conv", "dense conv"),
 )

@@ -6,6 +6,7 @@
                                                  act: ReLU, ReLU6, h-swish, SiLU or none)
     depthwise conv           ⇒  sepconv_dw
     pointwise 1×1 conv       ⇒  sepconv_pw
+    linear (constant weight) ⇒  sepconv_pw on [M, K] rows (the classifier)
     other dense conv         ⇒  sepconv_conv
     grouped, not depthwise   ⇒  left to TVM in NCHW (correct, scheduled by the generic rules)
 
@@ -52,6 +53,7 @@ class SeparableStats:
     depthwise: int = 0
     pointwise: int = 0
     dense: int = 0
+    linear: int = 0
     left_to_tvm: int = 0
     functions: dict = field(default_factory=dict)
 
@@ -162,6 +164,20 @@ class _Rewriter(FuncEmitter):
         out = ops.conv_nhwc(xp, wp, p.stride, p.padding, p.dilation)
         return self.emit("sepconv_conv", [xp, wp], out, [x, w])
 
+    def linear(self, call) -> relax.Expr | None:
+        """``matmul(x[M, K], W[K, N])`` with constant weights (the classifier): the pointwise
+        GEMM, its weights packed, where TVM's matmul reads them a strided column at a time."""
+        x, w = call.args
+        if not isinstance(w, tvm.ir.expr.Constant) or x.ty.shape is None or len(x.ty.shape) != 2:
+            return None
+        wv = w.value.numpy()
+        if wv.ndim != 2 or str(wv.dtype) != "float32" or x.ty.dtype != "float32":
+            return None
+        xp = _te_placeholder(x, "x")
+        wp, packed = self.pointwise_weights(wv, "w")
+        self.stats.linear += 1
+        return self.emit("sepconv_linear", [xp, wp], ops.linear_packed(xp, wp), [x, packed])
+
     # -- fused depthwise → pointwise ----------------------------------------------------------
     def fused(self, block: SeparableMatch | None) -> relax.Expr | None:
         """dw → + b → act → pw in NHWC / HWIO, channel multiplier 1, as one operator."""
@@ -226,6 +242,8 @@ def rewrite_separable(
         main = rewrite_call(pats.pw_conv, lambda e, m: _or(rw.fused(pats.read(m)), e), main)
     conv = is_op("relax.nn.conv2d")(wildcard(), wildcard())
     main = rewrite_call(conv, lambda e, m: _or(rw.conv(m[conv]), e), main)
+    matmul = is_op("relax.matmul")(wildcard(), wildcard())
+    main = rewrite_call(matmul, lambda e, m: _or(rw.linear(m[matmul]), e), main)
     out = rw.module(main)
     rw.stats.functions = {name: str(gv) for name, (gv, _) in rw.funcs.items()}
     log.info("separable rewrite: %s", rw.stats.to_json())

@@ -103,6 +103,19 @@ def pointwise_nhwc(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
     )
 
 
+def linear_packed(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
+    """y[m,o] = Σ_k x[m,k] · W[o/B, k, o%B]: a linear layer, the pointwise GEMM on ``[M, K]``
+    rows (the classifier), its weights packed like a pointwise conv's."""
+    m, k = x.shape
+    panels, _, width = w.shape
+    rk = te.reduce_axis((0, k), "rk")
+    return te.compute(
+        (m, panels * width),
+        lambda i, o: te.sum(x[i, rk] * w[o // width, rk, o % width], axis=rk),
+        name=name,
+    )
+
+
 def conv_nhwc(
     x: te.Tensor,
     w: te.Tensor,

@@ -20,6 +20,7 @@ operators give them (``sepconv_dw``, ``sepconv_pw`` …), which survive FuseOps/
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import s_tir
@@ -127,6 +128,9 @@ def choose_gemm_tile(
     vec = vector_lanes(channels, params)
     k = panel_width(channels, params) // vec
     p = next(p for p in GEMM_PIXEL_TILES if _fits(p, k, vec, params))
+    if pixels < p:  # a matrix-vector product (classifier, SE): independent chains along O
+        p = pixels
+        k = max(d for d in divisors(channels // vec) if d <= 8 and _fits(p, d, vec, params))
     outer = channels > pixels
     return GemmTile(vec, k, p, outer, _reduction_block(in_channels, k * vec) if outer else 0)
 
@@ -152,10 +156,11 @@ def _reduction_block(in_channels: int, tile_channels: int) -> int:
 
 
 def gemm_dims(sch: s_tir.Schedule, block: SBlockRV) -> tuple[int, int, int]:
-    """(pixels M, input channels C, output channels O) of a pointwise block."""
-    n, h, w, channels = _out_shape(sch, block)
+    """(pixels M, input channels C, output channels O) of a pointwise block ``[N, H, W, O]``
+    or a linear layer's ``[M, O]``."""
+    *rows, channels = _out_shape(sch, block)
     reduction = [iv for iv in sch.get(block).iter_vars if iv.iter_type == 2]
-    return n * h * w, int(reduction[0].dom.extent), channels
+    return math.prod(rows), int(reduction[0].dom.extent), channels
 
 
 def tile_gemm(
@@ -173,10 +178,15 @@ def tile_gemm(
     """
     if _out_shape(sch, epilogue) != _out_shape(sch, block):
         return tile_output(sch, block, epilogue, tile, params)
-    n_, h_, w_, _ = _out_shape(sch, block)
-    sch.transform_layout(block, ("write", 0), lambda n, h, w, o: (n * h_ * w_ + h * w_ + w, o))
-    sch.transform_block_layout(block, lambda n, h, w, o, c: (n * h_ * w_ + h * w_ + w, o, c))
-    sch.transform_block_layout(epilogue, lambda n, h, w, o: (n * h_ * w_ + h * w_ + w, o))
+    if len(_out_shape(sch, block)) == 4:
+        n_, h_, w_, _ = _out_shape(sch, block)
+
+        def pixel(n, h, w):
+            return n * h_ * w_ + h * w_ + w
+
+        sch.transform_layout(block, ("write", 0), lambda n, h, w, o: (pixel(n, h, w), o))
+        sch.transform_block_layout(block, lambda n, h, w, o, c: (pixel(n, h, w), o, c))
+        sch.transform_block_layout(epilogue, lambda n, h, w, o: (pixel(n, h, w), o))
     m, o, c = sch.get_loops(block)[-3:]
     mo, mi = sch.split(m, [None, tile.p])
     oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])

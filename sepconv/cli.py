@@ -122,7 +122,8 @@ def cmd_compile(args) -> int:
     elif ops:
         print(
             f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "
-            f"{ops['pointwise']} pointwise, {ops['dense']} other convs"
+            f"{ops['pointwise']} pointwise, {ops['dense']} other convs, "
+            f"{ops.get('linear', 0)} linear"
         )
     tri = b.get("triton_ops")
     if tri:

@@ -206,7 +206,7 @@ def _kind(name: str, mac_blocks: list[int]) -> str:
         return "depthwise"
     if "sepconv_pw" in name:
         return "pointwise"
-    if "matmul" in name or "dense" in name:
+    if "matmul" in name or "dense" in name or "sepconv_linear" in name:
         return "matmul"
     return "conv"
 

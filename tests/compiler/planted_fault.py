@@ -43,8 +43,11 @@ def perturb_reduction(func: tirx.PrimFunc, block: str, offset: float = 0.5) -> t
     """``block``'s reduction starts from ``offset`` instead of its init value."""
     hits = []
 
+    def named(name: str) -> bool:  # "*_red": any block whose name ends in "_red"
+        return name.endswith(block[1:]) if block.startswith("*") else name == block
+
     def visit(b):
-        if b.name_hint != block or not isinstance(b.init, tirx.BufferStore):
+        if not named(b.name_hint) or not isinstance(b.init, tirx.BufferStore):
             return b
         hits.append(b.name_hint)
         init = b.init
