@@ -145,7 +145,6 @@ def make_progress_callback(results: list[TaskResult], budget: Budget, show: bool
             task = self.results[task_id]
             n = len(results)
             self.done += n
-            self.budget.used += n
             task.trials += n
             failed_conn = 0
             for b, r in zip(builder_results, results):

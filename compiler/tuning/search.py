@@ -36,15 +36,25 @@ __all__ = ["Budget", "logged_candidates", "make_search_strategies", "tune_contex
 @dataclass
 class Budget:
     """Trials left in this run, shared by every task's search so that no batch overshoots it
-    (MetaSchedule's scheduler checks its global limit only before each batch)."""
+    (MetaSchedule's scheduler checks its global limit only before each batch).
+
+    A search takes its batch from the budget when it proposes it, not when the results come
+    back: the scheduler's first round asks every task for a batch before any is measured.
+    """
 
     total: int
-    used: int = 0
+    taken: int = 0
     stopped: bool = False
 
     @property
     def left(self) -> int:
-        return 0 if self.stopped else max(0, self.total - self.used)
+        return 0 if self.stopped else max(0, self.total - self.taken)
+
+    def take(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` trials; returns how many were granted."""
+        granted = max(0, min(wanted, self.left))
+        self.taken += granted
+        return granted
 
 
 def logged_candidates(
@@ -124,7 +134,7 @@ def make_search_strategies(budget: Budget) -> tuple[type, type]:
             self.todo = []
 
         def generate_measure_candidates(self):
-            k = min(self.per_iter, self.max_trials - self.trials, len(self.todo), budget.left)
+            k = budget.take(min(self.per_iter, self.max_trials - self.trials, len(self.todo)))
             if k <= 0:
                 return None
             if self.trials > 0 and self.cost_model is not None and len(self.todo) > k:
@@ -182,7 +192,7 @@ def make_search_strategies(budget: Budget) -> tuple[type, type]:
             import tvm_ffi
 
             if self.seeds and budget.left > 0:  # measured first, outside the evolution
-                batch, self.seeds = self.seeds[: budget.left], []
+                batch, self.seeds = self.seeds[: budget.take(len(self.seeds))], []
                 self._pending = None
                 return batch
             for _ in range(8):
@@ -202,7 +212,7 @@ def make_search_strategies(budget: Budget) -> tuple[type, type]:
                 self.skipped += len(known)
                 if fresh:
                     self._pending = (known, known_results)
-                    return fresh[: budget.left]
+                    return fresh[: budget.take(len(fresh))]
                 self.inner.notify_runner_results(known, known_results)
             return None
 
