@@ -2,6 +2,8 @@
 
     clip → max/min                     (so layout inference flows through ReLU6 / h-swish)
     ConvertLayout → NHWC, HWIO          (channels in the vector lanes; 2 transposes per model)
+    channel-only reshape / permute /    (ShuffleNet's split → concat → channel shuffle:
+    split / concat kept NHWC             :mod:`sepconv.compiler.channels_last`)
     dw → +b → act → pw 1×1   ⇒  sepconv_dw_pw   (fused: the dw output never goes to memory;
                                                  act: ReLU, ReLU6, h-swish, SiLU or none)
     depthwise conv           ⇒  sepconv_dw
@@ -32,6 +34,7 @@ from tvm import relax, te, tirx
 from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 from sepconv.compiler import sepconv_ops as ops
+from sepconv.compiler.channels_last import propagate_channels_last
 from sepconv.compiler.patterns import (
     Act,
     SeparableMatch,
@@ -74,6 +77,7 @@ def _layout_cb(call):
 def to_channels_last(mod: tvm.IRModule) -> tvm.IRModule:
     out = normalize_clip(mod)
     out = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}, _layout_cb)(out)
+    out = propagate_channels_last(out)
     return relax.transform.FoldConstant()(out)
 
 
