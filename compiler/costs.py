@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import tirx
 
+from sepconv.schedules.block_names import USEFUL_CHANNELS
+
 
 @dataclass
 class FunctionCost:
@@ -105,6 +107,10 @@ def primfunc_cost(func: tirx.PrimFunc) -> FunctionCost:
                 n = 0
                 break
             n *= extent
+        useful = block.annotations.get(USEFUL_CHANNELS)
+        if n and useful is not None:  # a GEMM on padded channels: count the real ones
+            spatial = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
+            n = n * int(useful) // int(spatial[-1].dom.extent)
         if n:
             cost.mac_blocks.append(n)
     cost.macs = sum(cost.mac_blocks)

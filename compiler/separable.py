@@ -44,7 +44,7 @@ from sepconv.compiler.patterns import (
     normalize_clip,
 )
 from sepconv.compiler.sepconv_ops import Activation
-from sepconv.schedules.nhwc_tile import panel_width
+from sepconv.schedules.nhwc_tile import padded_channels, panel_width
 from sepconv.schedules.target_params import CpuParams, cpu_params
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,10 @@ class _Rewriter(FuncEmitter):
         self.params = params
 
     def pointwise_weights(self, w_co: np.ndarray, name: str) -> tuple[te.Tensor, relax.Expr]:
-        """The placeholder and the packed constant of a pointwise conv's ``[C, O]`` weights."""
-        packed = ops.pack_pointwise(w_co, panel_width(w_co.shape[1], self.params))
+        """The placeholder and the packed constant of a pointwise conv's ``[C, O]`` weights
+        (output channels padded to whole vectors: :func:`padded_channels`)."""
+        padded = padded_channels(w_co.shape[1], self.params)
+        packed = ops.pack_pointwise(w_co, panel_width(padded, self.params), padded)
         return te_placeholder(packed.shape, packed.dtype, name), _const(packed)
 
     # -- single convs -------------------------------------------------------------------------
@@ -162,7 +164,8 @@ class _Rewriter(FuncEmitter):
         if p.is_pointwise:
             wp, packed = self.pointwise_weights(wv[0, 0], "w")
             self.stats.pointwise += 1
-            return self.emit("sepconv_pw", [xp, wp], ops.pointwise_nhwc(xp, wp), [x, packed])
+            out = ops.pointwise_nhwc(xp, wp, wv.shape[-1])
+            return self.emit("sepconv_pw", [xp, wp], out, [x, packed])
         wp = te_placeholder(wv.shape, wv.dtype, "w")
         self.stats.dense += 1
         out = ops.conv_nhwc(xp, wp, p.stride, p.padding, p.dilation)
@@ -180,7 +183,8 @@ class _Rewriter(FuncEmitter):
         xp = _te_placeholder(x, "x")
         wp, packed = self.pointwise_weights(wv, "w")
         self.stats.linear += 1
-        return self.emit("sepconv_linear", [xp, wp], ops.linear_packed(xp, wp), [x, packed])
+        out = ops.linear_packed(xp, wp, wv.shape[1])
+        return self.emit("sepconv_linear", [xp, wp], out, [x, packed])
 
     # -- fused depthwise → pointwise ----------------------------------------------------------
     def fused(self, block: SeparableMatch | None) -> relax.Expr | None:
@@ -203,7 +207,9 @@ class _Rewriter(FuncEmitter):
         wdp = te_placeholder((kh, kw, k_out), wdw.dtype, "w_dw")
         bdp = te_placeholder((k_out,), wdw.dtype, "b_dw")
         wpp, packed = self.pointwise_weights(wpw[0, 0], "w_pw")
-        out = ops.fused_dw_pw_nhwc(xp, wdp, bdp, wpp, dw.stride, dw.padding, dw.dilation, act)
+        out = ops.fused_dw_pw_nhwc(
+            xp, wdp, bdp, wpp, dw.stride, dw.padding, dw.dilation, act, wpw.shape[-1]
+        )
         self.stats.fused_dw_pw += 1
         args = [x, _const(wdw.reshape(kh, kw, k_out)), _const(bias), packed]
         return self.emit("sepconv_dw_pw", [xp, wdp, bdp, wpp], out, args)

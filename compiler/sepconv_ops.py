@@ -25,7 +25,7 @@ import numpy as np
 from tvm import te, tirx
 
 # The operators' identity; the rules that recognise them own the names.
-from sepconv.schedules.block_names import CONV, DW, DW_ACT, PAD, PW
+from sepconv.schedules.block_names import CONV, DW, DW_ACT, PAD, PW, PW_CROP, USEFUL_CHANNELS
 
 
 def pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int], fill: float = 0.0) -> te.Tensor:
@@ -82,38 +82,61 @@ def depthwise_nhwc(
     )
 
 
-def pack_pointwise(w_co: np.ndarray, panel: int) -> np.ndarray:
-    """``[C, O]`` weights as ``[O/B, C, B]`` panels of ``B = panel`` output channels."""
+def pack_pointwise(w_co: np.ndarray, panel: int, padded: int | None = None) -> np.ndarray:
+    """``[C, O]`` weights as ``[P/B, C, B]`` panels of ``B = panel`` output channels; ``P`` is
+    ``padded`` (≥ O, default O): the columns past O are zeros."""
     c, o = w_co.shape
-    if o % panel:
-        raise ValueError(f"panel width {panel} does not divide {o} output channels")
-    return np.ascontiguousarray(w_co.reshape(c, o // panel, panel).transpose(1, 0, 2))
+    padded = o if padded is None else padded
+    if padded < o or padded % panel:
+        raise ValueError(f"panel width {panel} does not divide {padded} output channels")
+    if padded > o:
+        w_co = np.concatenate([w_co, np.zeros((c, padded - o), w_co.dtype)], axis=1)
+    return np.ascontiguousarray(w_co.reshape(c, padded // panel, panel).transpose(1, 0, 2))
 
 
-def pointwise_nhwc(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
+def pointwise_nhwc(
+    x: te.Tensor, w: te.Tensor, channels: int | None = None, name: str = PW
+) -> te.Tensor:
     """y[n,h,w,o] = Σ_c x[n,h,w,c] · W[o/B, c, o%B] — a GEMM over the channel axis, its
-    weights in panels of B output channels (:func:`pack_pointwise`)."""
+    weights in panels of B output channels (:func:`pack_pointwise`).
+
+    With ``channels`` below the packed width, the GEMM runs on all packed (zero-padded)
+    channels and a ``PW_CROP`` block returns the first ``channels``."""
     n, h, wd, c = x.shape
-    panels, _, width = w.shape
     rc = te.reduce_axis((0, c), "rc")
-    return te.compute(
-        (n, h, wd, panels * width),
-        lambda i, y, z, o: te.sum(x[i, y, z, rc] * w[o // width, rc, o % width], axis=rc),
-        name=name,
+    return _packed_gemm(
+        (n, h, wd), w, channels, lambda i, y, z, o, wt: te.sum(x[i, y, z, rc] * wt(rc, o), rc), name
     )
 
 
-def linear_packed(x: te.Tensor, w: te.Tensor, name: str = PW) -> te.Tensor:
+def linear_packed(
+    x: te.Tensor, w: te.Tensor, channels: int | None = None, name: str = PW
+) -> te.Tensor:
     """y[m,o] = Σ_k x[m,k] · W[o/B, k, o%B]: a linear layer, the pointwise GEMM on ``[M, K]``
-    rows (the classifier), its weights packed like a pointwise conv's."""
+    rows (the classifier), its weights packed (and ``channels`` cropped) like a pointwise
+    conv's."""
     m, k = x.shape
-    panels, _, width = w.shape
     rk = te.reduce_axis((0, k), "rk")
-    return te.compute(
-        (m, panels * width),
-        lambda i, o: te.sum(x[i, rk] * w[o // width, rk, o % width], axis=rk),
+    return _packed_gemm((m,), w, channels, lambda i, o, wt: te.sum(x[i, rk] * wt(rk, o), rk), name)
+
+
+def _packed_gemm(rows, w: te.Tensor, channels: int | None, body, name: str) -> te.Tensor:
+    panels, _, width = w.shape
+    padded = int(panels) * int(width)
+    channels = padded if channels is None else channels
+
+    def weight(r, o):
+        return w[o // width, r, o % width]
+
+    y = te.compute(
+        (*rows, panels * width),  # int64 dims, as Relax's own PrimFuncs have
+        lambda *idx: body(*idx, weight),
         name=name,
+        attrs={USEFUL_CHANNELS: channels} if channels < padded else None,
     )
+    if channels == padded:
+        return y
+    return te.compute((*rows, tirx.IntImm("int64", channels)), lambda *i: y[i], name=PW_CROP)
 
 
 def conv_nhwc(
@@ -155,8 +178,10 @@ def fused_dw_pw_nhwc(
     pad: tuple[int, int, int, int],
     dilation: tuple[int, int],
     activation: Activation,
+    channels: int | None = None,
 ) -> te.Tensor:
-    """depthwise → + bias → activation → pointwise, as one operator.
+    """depthwise → + bias → activation → pointwise (``channels`` as in
+    :func:`pointwise_nhwc`), as one operator.
 
     Bytes saved: the depthwise output (N·OH·OW·C floats) is never written to memory in full and
     read back; the schedule produces it one output row at a time into a cache-resident buffer
@@ -164,4 +189,4 @@ def fused_dw_pw_nhwc(
     """
     dw = depthwise_nhwc(x, w_dw, stride, pad, dilation)
     act = te.compute(dw.shape, lambda i, y, z, k: activation(dw[i, y, z, k] + b_dw[k]), name=DW_ACT)
-    return pointwise_nhwc(act, w_pw)
+    return pointwise_nhwc(act, w_pw, channels)

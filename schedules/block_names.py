@@ -17,7 +17,12 @@ DW_ACT = "sepconv_dw_act"
 """The fused operator's depthwise bias + activation, between ``DW`` and ``PW``."""
 PW = "sepconv_pw"
 """NHWC pointwise (1×1) conv: a GEMM over the channel axis."""
+PW_CROP = "sepconv_pw_crop"
+"""The real output channels of a pointwise GEMM computed on channels padded to whole vectors
+(:func:`sepconv.schedules.nhwc_tile.padded_channels`); inlined into the epilogue by the rules."""
 CONV = "sepconv_conv"
 """NHWC dense conv (the stem)."""
+USEFUL_CHANNELS = "sepconv_useful_channels"
+"""Block annotation on a padded ``PW``: its real output channels (costs count those MACs)."""
 
-__all__ = ["CONV", "DW", "DW_ACT", "PAD", "PW"]
+__all__ = ["CONV", "DW", "DW_ACT", "PAD", "PW", "PW_CROP", "USEFUL_CHANNELS"]

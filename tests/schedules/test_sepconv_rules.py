@@ -231,6 +231,55 @@ def test_pointwise_weights_are_packed_in_panels_of_the_micro_kernel_width():
         assert (64 // width, 32, width) in shapes, (attrs, shapes)
 
 
+def test_padded_weights_are_zero_past_the_real_channels():
+    from sepconv.compiler.sepconv_ops import pack_pointwise
+
+    w = np.arange(6 * 29, dtype="float32").reshape(6, 29) + 1
+    packed = pack_pointwise(w, 16, 32)
+    assert packed.shape == (2, 6, 16)
+    assert packed[1, 4, 12] == w[4, 28] and not packed[1, :, 13:].any()
+    with pytest.raises(ValueError, match="does not divide"):
+        pack_pointwise(w, 16, 40)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "expected"),
+    [(AVX2, {58: 64, 116: 128, 92: 96, 24: 24, 1000: 1000}),
+     (AVX512, {58: 64, 116: 128, 92: 96, 24: 24, 232: 232}),
+     (NEON, {58: 64, 116: 116, 29: 32})],
+)  # fmt: skip
+def test_channels_that_are_not_whole_vectors_are_padded_to_two_registers(attrs, expected):
+    from sepconv.schedules.nhwc_tile import padded_channels
+
+    params = cpu_params(tvm.target.Target(attrs))
+    assert {c: padded_channels(c, params) for c in expected} == expected
+
+
+def test_a_58_channel_pointwise_runs_full_vectors_and_stores_only_the_real_channels():
+    """ShuffleNet's 58 output channels: the GEMM runs on 64 (8-lane vectors, 6 × 16 tile on
+    AVX2), only 58 are stored (the last panel's epilogue predicated), and the profile counts
+    the 58 channels' MACs."""
+    from sepconv.compiler.costs import primfunc_cost
+
+    target = tvm.target.Target(AVX2)
+    block = torch.nn.Sequential(
+        torch.nn.Conv2d(29, 29, 3, padding=1, groups=29),
+        torch.nn.Conv2d(29, 58, 1),
+        torch.nn.ReLU(),
+    ).eval()
+    x = torch.randn(1, 29, 14, 14)
+    mod, _, _ = lower(import_module(block, (x,)), target, fuse_dw_pw=False)
+    _, func = by_block(mod, "sepconv_pw")
+    assert primfunc_cost(func).macs == 29 * 58 * 14 * 14
+    assert (4, 29, 16) in [tuple(int(d) for d in p.shape) for p in func.params]
+    sch = RULES["pw"].apply(func, target, False)
+    text = sch.mod["main"].script()
+    assert "T.vectorized(T.int64(8))" in text and "< T.int64(58)" in text, text
+    np.testing.assert_allclose(
+        run_primfunc(sch.mod["main"], target), run_primfunc(func, target), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_fused_rule_makes_a_late_blocks_depthwise_output_whole_and_runs_panels_outermost():
     """7×7 with more output channels than pixels: the row-at-a-time structure would stream
     every weight once per row; the depthwise map is made whole and each panel read once."""
