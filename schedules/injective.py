@@ -16,6 +16,8 @@ all cores on large tensors. ``tunable`` is accepted and ignored.
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -43,14 +45,18 @@ def schedule_spatial_block(sch: s_tir.Schedule, block, params: CpuParams) -> Non
             vec //= 2
         if vec < 4 and inner_ext >= 4:
             vec = 0
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = as_int(sch.get(fused).extent)
+    total = math.prod(extents) if None not in extents else None
     if vec > 1:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         outer, inner = sch.split(fused, [None, vec])
         sch.vectorize(inner)
+    elif len(loops) > 1 and inner_ext is not None:
+        # A scalar innermost loop stays its own loop: its index then has a known range, and
+        # the arithmetic of reshapes and channel shuffles (x // 116, x % 116 for x < 58)
+        # simplifies away; fused into the outer loops it stays div/mod per element.
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     else:
-        outer = fused
-        vec = 1
+        outer = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     if total is None or total >= PARALLEL_MIN_ELEMENTS:
         n_outer = as_int(sch.get(outer).extent)
         tasks = 4 * params.num_cores

@@ -66,12 +66,18 @@ def _channels_last(sch: s_tir.Schedule, block, after, lanes: int):
     loops = sch.get_loops(block)
     s_loops, r_loops = loops[:n_s], loops[n_s:]
     channels = int(sch.get(s_loops[-1]).extent)
-    width = next((w for w in (64 // 4, 2 * lanes, lanes) if w >= lanes and channels % w == 0), 0)
+    # whole 64-byte lines, else whole registers, else 256-bit halves (24 channels on AVX-512)
+    widths = (64 // 4, 2 * lanes, lanes, lanes // 2)
+    width = next((w for w in widths if w >= min(lanes, 8) and channels % w == 0), 0)
     if not width:
         return None
-    spatial = sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0]
+    lanes = min(lanes, width)
+    # The channel loop is split on its own, so that a vector's pixel is the outer loop's (a
+    # scalar: a window's padding test stays one branch, not a lane-wise select of gathers).
+    *pixels, channel = s_loops
+    co, sv = sch.split(channel, [None, width])
+    so = sch.fuse(*pixels, co)
     r = sch.fuse(*r_loops) if len(r_loops) > 1 else r_loops[0]
-    so, sv = sch.split(spatial, [None, width])
     sch.reorder(so, r, sv)
     _vector_lanes(sch, sv, lanes)
     if int(sch.get(so).extent) > 1:

@@ -87,3 +87,25 @@ def transpose(shape, axes):
 def mean_nhwc(n, h, w, c):
     """Global average pooling of a channels-last map (squeeze-and-excitation's pool)."""
     return legalized(lambda x: relax.op.mean(x, axis=[1, 2], keepdims=True), (n, h, w, c))
+
+
+def max_pool_nhwc(n, h, w, c):
+    """ShuffleNet's 3×3 stride-2 max pool on a channels-last map."""
+    return legalized(
+        lambda x: relax.op.nn.max_pool2d(x, (3, 3), (2, 2), padding=(1, 1), layout="NHWC"),
+        (n, h, w, c),
+    )
+
+
+def channel_shuffle_nhwc(n, h, w, half):
+    """concat of two channels-last maps → ShuffleNet's 2-group channel shuffle, as the
+    channels-last pass leaves it (``2·half`` channels: 58 are not whole vectors)."""
+
+    def build(a, b):
+        cat = relax.op.concat([a, b], axis=3)
+        grouped = relax.op.reshape(cat, (n, h, w, 2, half))
+        return relax.op.reshape(
+            relax.op.permute_dims(grouped, [0, 1, 2, 4, 3]), (n, h, w, 2 * half)
+        )
+
+    return legalized(build, (n, h, w, half), (n, h, w, half))

@@ -48,6 +48,8 @@ CASES = {
     "global_avg_pool_nhwc": (lambda: ops.mean_nhwc(1, 14, 14, 32), "Reduction"),
     "global_avg_pool_nhwc_24": (lambda: ops.mean_nhwc(1, 7, 7, 24), "Reduction"),
     "global_avg_pool_nhwc_12": (lambda: ops.mean_nhwc(1, 5, 5, 12), "Reduction"),
+    "max_pool_nhwc": (lambda: ops.max_pool_nhwc(1, 12, 12, 24), "Reduction"),
+    "channel_shuffle_58": (lambda: ops.channel_shuffle_nhwc(1, 20, 20, 29), "Injective"),
 }  # fmt: skip
 
 _FUNCS: dict = {}
@@ -118,6 +120,24 @@ def test_channels_last_pool_runs_vectors_along_the_channels(target):
     update = text[text.index("for ax1_ax2_fused in range(T.int64(196))") :]
     assert "T.vectorized" in update.split('T.sblock("x0_red_update")')[0]
     assert "T.parallel" in text
+
+
+def test_pool_window_vectors_belong_to_one_pixel(target):
+    """A vector is the channels of one pixel, the pixel taken from the parallel loop (6 × 6
+    pixels × 3 vectors of 8 lanes, never fused into the lanes; AVX-512 too): a window's
+    padding test is then one scalar branch, not a lane-wise gather."""
+    sch = Reduction().apply(func_of("max_pool_nhwc"), target, False)
+    text = sch.mod["main"].script()
+    assert "T.parallel(T.int64(108))" in text and "T.vectorized(T.int64(8))" in text, text
+
+
+def test_ragged_channel_loop_stays_its_own_loop(target):
+    """58 channels are no whole vector: the channel loop is kept apart from the (parallel)
+    pixels, so the shuffle's index arithmetic simplifies against its range when lowered —
+    fused into the pixels it stays a div/mod of the fused index per element."""
+    sch = Injective().apply(func_of("channel_shuffle_58"), target, False)
+    text = sch.mod["main"].script()
+    assert "v_ax3 = T.axis.spatial(T.int64(58), ax3)" in text and "T.parallel" in text, text
 
 
 def test_depthwise_rule_pads_per_channel_not_per_load(target):
