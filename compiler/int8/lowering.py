@@ -29,6 +29,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from sepconv.compiler.channels_last import propagate_channels_last
 from sepconv.compiler.int8 import ops
 from sepconv.compiler.patterns import (
     QuantizedConvMatch,
@@ -364,7 +365,7 @@ def lower_quantized(mod: tvm.IRModule, target=None) -> tuple[tvm.IRModule, Quant
         return expr if new is None else new
 
     main = rewrite_call(lin.pattern, rewrite_linear, main)
-    out = cancel_permutes(rw.module(main))
+    out = propagate_channels_last(cancel_permutes(rw.module(main)))
     rw.stats.functions = {name: str(gv) for name, (gv, _) in rw.funcs.items()}
     log.info("int8 rewrite: %s", rw.stats.to_json())
     return out, rw.stats

@@ -110,3 +110,21 @@ def test_a_followed_value_with_an_nchw_consumer_keeps_its_nchw_binding():
         results.append([t.numpy() for t in out])
     for got, ref in zip(results[1], results[0], strict=True):
         assert (got == ref).all()
+
+
+def test_int8_shuffles_run_on_the_8_bit_nhwc_maps(host):
+    """PT2E's quantized ShuffleNet: between our integer operators the concat, shuffle and split
+    are dequantize → float op → quantize chains; they are followed too, so the graph keeps only
+    the input's and the output's layout transposes (it had one pair per unit)."""
+    from sepconv.compiler.importer import import_exported
+    from sepconv.compiler.int8.lowering import lower_quantized
+    from sepconv.compiler.int8.ptq import quantize_model
+    from sepconv.models import get_model
+
+    spec = get_model("shufflenet_v2:0.5@32")
+    x = spec.example_input()
+    reference, _ = quantize_model(spec.module, (x,))
+    mod, _ = lower_quantized(import_exported(reference.graphs.exported, (x,)).mod, host)
+    permutes = _permutes(mod)
+    assert permutes.count([0, 1, 2, 4, 3]) == 16, permutes  # the 16 units' shuffles, NHWC
+    assert permutes.count([0, 3, 1, 2]) <= 2 and [0, 2, 1, 3, 4] not in permutes, permutes
