@@ -170,8 +170,9 @@ def mean_pool(xq: te.Tensor, x: QParams, out: QParams) -> te.Tensor:
     on a tie its float noise decides and the two may be one step apart there — only there."""
     n, h, w, c = xq.shape
     rh, rw = te.reduce_axis((0, h), "rh"), te.reduce_axis((0, w), "rw")
+    one = tirx.IntImm("int64", 1)  # int64 dims, as Relax's own PrimFuncs have (FuseTIR)
     total = te.compute(
-        (n, 1, 1, c),
+        (n, one, one, c),
         lambda i, _y, _z, k: te.sum(
             _i32(xq[i, rh, rw, k]) - tirx.const(x.zero_point, I32), axis=[rh, rw]
         ),
