@@ -187,6 +187,7 @@ def rule_choice_vs_best(
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
+    from sepconv.compiler import tvm_compat
     from sepconv.compiler.tuning.measure import measure_candidates
     from sepconv.compiler.tuning.spaces import rule_spaces, space_generator
 
@@ -196,7 +197,11 @@ def rule_choice_vs_best(
     own = own or rs.own[:1]
     if not own:
         return None, best
-    ctx = ms.TuneContext(task.mod, target=target, space_generator=space_generator([own[0].trace]))
+    # TuneContext imports tvm.s_tir.tensor_intrin: ≈25 s of CUDA intrinsics unless stood in
+    with tvm_compat.light_tensor_intrinsics(target):
+        ctx = ms.TuneContext(
+            task.mod, target=target, space_generator=space_generator([own[0].trace])
+        )
     cands, _ = measure_candidates(ctx, ctx.generate_design_space())
     if not cands:
         return None, best
