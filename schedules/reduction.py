@@ -76,7 +76,7 @@ def _channels_last(sch: s_tir.Schedule, block, after, lanes: int):
     # scalar: a window's padding test stays one branch, not a lane-wise select of gathers).
     *pixels, channel = s_loops
     co, sv = sch.split(channel, [None, width])
-    so = sch.fuse(*pixels, co)
+    so = sch.fuse(*pixels, co) if pixels else co
     r = sch.fuse(*r_loops) if len(r_loops) > 1 else r_loops[0]
     sch.reorder(so, r, sv)
     _vector_lanes(sch, sv, lanes)
