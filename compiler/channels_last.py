@@ -29,6 +29,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from sepconv.compiler.patterns import static_shape
+
 TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 # Elementwise ops that keep a followed value followed when every other operand is a scalar.
@@ -38,22 +40,12 @@ _ELEMENTWISE = {
 }  # fmt: skip
 
 
-def _shape(expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(d) for d in ty.shape]
-    except (TypeError, ValueError):  # symbolic dims
-        return None
-
-
 def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
 def _is_scalar(expr) -> bool:
-    shape = _shape(expr) if isinstance(expr.ty, relax.TensorType) else None
+    shape = static_shape(expr)
     return shape is not None and all(d == 1 for d in shape)
 
 
@@ -84,7 +76,7 @@ class _ChannelsLast(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         self.image[var] = image
-        shape = _shape(value)
+        shape = static_shape(value)
         if shape is not None and len(shape) == 4:
             # whoever still reads the NCHW value (the graph's output, an op not followed) gets
             # one transpose of the image instead of the chain recomputed in NCHW
@@ -134,7 +126,7 @@ class _ChannelsLast(PyExprMutator):
             return None
         axes = _ints(value.attrs.axes)
         if not self._followed(src):
-            shape = _shape(src)
+            shape = static_shape(src)
             starts = axes == TO_NCHW and shape is not None and len(shape) == 4
             return new_src if starts else None
         rank = len(axes)
@@ -144,7 +136,7 @@ class _ChannelsLast(PyExprMutator):
         return self.builder_.emit(relax.op.permute_dims(self.image[src], [0, 1, 2, *channels]))
 
     def _reshape(self, value, src):
-        old, new = _shape(src), _shape(value)
+        old, new = static_shape(src), static_shape(value)
         if old is None or new is None or len(new) < 4:
             return None
         if new[0] != old[0] or new[-2:] != old[-2:]:
@@ -182,7 +174,7 @@ def _op_name(expr) -> str | None:
 
 def _channel_axis(expr, axis) -> int | None:
     """``axis`` of an [N, c1..ck, H, W] value as a channel index 1..k, or None."""
-    shape = _shape(expr)
+    shape = static_shape(expr)
     if shape is None or axis is None:
         return None
     axis = int(axis) % len(shape)

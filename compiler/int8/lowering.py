@@ -29,7 +29,7 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from sepconv.compiler.channels_last import propagate_channels_last
+from sepconv.compiler.channels_last import TO_NCHW, TO_NHWC, propagate_channels_last
 from sepconv.compiler.int8 import ops
 from sepconv.compiler.patterns import (
     QuantizedConvMatch,
@@ -45,7 +45,6 @@ from sepconv.compiler.separable import FuncEmitter, te_activation, te_placeholde
 
 log = logging.getLogger(__name__)
 
-TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 _FUNC_NAMES = {
     "depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv",
     "linear": "sepconv_qlinear", "gate": "sepconv_qgate", "mean": "sepconv_qmean",
