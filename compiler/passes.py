@@ -72,6 +72,31 @@ def fold_batch_norm(mod: tvm.IRModule) -> tvm.IRModule:
     return seq(out)
 
 
+def _transpose_constant(func: relax.Function) -> relax.Function:
+    weight = is_const()
+    pattern = is_op("relax.permute_dims")(weight)
+
+    def rewrite(expr, m):
+        axes = expr.attrs["axes"]
+        value = m[weight].value.numpy()
+        return relax.const(
+            np.ascontiguousarray(value.transpose(None if axes is None else [int(a) for a in axes]))
+        )
+
+    return rewrite_call(pattern, rewrite, func)
+
+
+def fold_constants(mod: tvm.IRModule) -> tvm.IRModule:
+    """FoldConstant, with the transposes of constant weights (ConvertLayout adds one per conv)
+    done in numpy first: FoldConstant builds and runs a kernel for each, ≈0.18 s a conv
+    (MobileNetV2: 9.5 of its 31 s compile)."""
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            out[gv] = _transpose_constant(func)
+    return relax.transform.FoldConstant()(out)
+
+
 def count_ops(mod: tvm.IRModule, op_name: str) -> int:
     """How many calls to the Relax operator ``op_name`` the module's Relax functions make."""
     op = tvm.ir.Op.get(op_name)

@@ -35,6 +35,7 @@ from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 from sepconv.compiler import sepconv_ops as ops
 from sepconv.compiler.channels_last import propagate_channels_last
+from sepconv.compiler.passes import fold_constants
 from sepconv.compiler.patterns import (
     Act,
     SeparableMatch,
@@ -77,8 +78,7 @@ def _layout_cb(call):
 def to_channels_last(mod: tvm.IRModule) -> tvm.IRModule:
     out = normalize_clip(mod)
     out = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}, _layout_cb)(out)
-    out = propagate_channels_last(out)
-    return relax.transform.FoldConstant()(out)
+    return fold_constants(propagate_channels_last(out))
 
 
 def te_placeholder(shape, dtype: str, name: str) -> te.Tensor:
