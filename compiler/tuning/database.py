@@ -409,21 +409,12 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[-1][:120] if text else ''}"
 
 
-def _load_into(
-    db,
-    dirs: Sequence[Path],
-    report: LoadReport,
-    top_k: int | None = None,
-    only: set[str] | None = None,
-) -> None:
-    """Merge the validated lines of ``dirs`` into the in-memory database ``db``.
-
-    TVM replays a record's trace to read it (≈5 ms each), so a build reads only the ``top_k``
-    fastest records per workload (the rest are never parsed by TVM), and a tuning run only the
-    workloads it tunes (``only``: workload hashes).
-    """
-    ms = _ms()
-    seen: dict[str, object] = {}  # workload hash → Workload in db
+def _collect(
+    dirs: Sequence[Path], report: LoadReport, only: set[str] | None = None
+) -> dict[str, list[tuple[str, list, list]]]:
+    """The validated lines of ``dirs`` by workload hash: ``(workload file:line, workload JSON,
+    [(where, record)])`` per log that has the workload, parsed as JSON but not yet by TVM."""
+    found: dict[str, list[tuple[str, list, list]]] = {}
     for d in dirs:
         tlog = TuneLog(d)
         if not tlog.workload_file.exists() and not tlog.record_file.exists():
@@ -435,34 +426,39 @@ def _load_into(
             by_workload.setdefault(index, []).append((where, rec))
         for index, recs in by_workload.items():
             shash = workloads[index][0]
-            if only is not None and shash not in only:
+            if only is None or shash in only:
+                where = f"{tlog.workload_file}:{index + 1}"
+                found.setdefault(shash, []).append((where, workloads[index], recs))
+    return found
+
+
+def _commit(db, entries: list[tuple[str, list, list]], report: LoadReport, top_k: int | None):
+    """Parse one workload's collected lines with TVM (a record's trace is replayed to read it,
+    ≈10 ms each) into ``db``: its ``top_k`` fastest readable records per log, or all."""
+    ms = _ms()
+    wl = None
+    for wl_where, workload, recs in entries:
+        if wl is None:
+            try:
+                wl = db.commit_workload(ms.database.Workload.from_json(workload).mod)
+            except Exception as exc:  # noqa: BLE001 - TVM rejects it: report, skip
+                report.skipped.append(f"{wl_where}: TVM cannot read it ({_why(exc)})")
+                report.skipped.extend(f"{w}: its workload could not be read" for w, _ in recs)
                 continue
-            if shash in seen:
-                wl = seen[shash]
-            else:
-                try:
-                    wl = db.commit_workload(ms.database.Workload.from_json(workloads[index]).mod)
-                except Exception as exc:  # noqa: BLE001 - TVM rejects it: report, skip
-                    report.skipped.append(
-                        f"{tlog.workload_file}:{index + 1}: TVM cannot read it ({_why(exc)})"
-                    )
-                    report.skipped.extend(f"{w}: its workload could not be read" for w, _ in recs)
-                    continue
-                seen[shash] = wl
-                report.workloads += 1
-            if top_k is not None:
-                recs = sorted(recs, key=lambda item: _mean(item[1][1]))
-            taken = 0
-            for where, rec in recs:
-                if top_k is not None and taken >= top_k:
-                    break
-                try:
-                    db.commit_tuning_record(ms.database.TuningRecord.from_json(rec, wl))
-                except Exception as exc:  # noqa: BLE001 - e.g. a trace that no longer replays
-                    report.skipped.append(f"{where}: TVM cannot read it ({_why(exc)})")
-                    continue
-                taken += 1
-                report.records += 1
+            report.workloads += 1
+        if top_k is not None:
+            recs = sorted(recs, key=lambda item: _mean(item[1][1]))
+        taken = 0
+        for where, rec in recs:
+            if top_k is not None and taken >= top_k:
+                break
+            try:
+                db.commit_tuning_record(ms.database.TuningRecord.from_json(rec, wl))
+            except Exception as exc:  # noqa: BLE001 - e.g. a trace that no longer replays
+                report.skipped.append(f"{where}: TVM cannot read it ({_why(exc)})")
+                continue
+            taken += 1
+            report.records += 1
 
 
 def record_json(record: Any) -> list:
@@ -486,14 +482,37 @@ def _make_database_class():
         (under its lock) unless it is a failed measurement.
         """
 
-        def __init__(self, inner, writer: TuneLog | None, report: LoadReport):
+        def __init__(self, inner, writer, report, pending, top_k, warn):
             super().__init__()
             self.inner = inner
             self.writer = writer
             self.report = report
             self.appended = 0
+            self.pending = pending  # workload hash → lines TVM has not read yet (lazy)
+            self.top_k = top_k
+            self.warn = warn
+
+        def _read(self, shashes) -> None:
+            for shash in shashes:
+                entries = self.pending.pop(shash, None)
+                if entries is None:
+                    continue
+                before = len(self.report.skipped)
+                _commit(self.inner, entries, self.report, self.top_k)
+                for line in self.report.skipped[before:] if self.warn else ():
+                    log.warning("tuning log: skipped %s", line)
+
+        def _read_for(self, mod) -> None:
+            if self.pending:
+                import tvm_ffi
+
+                self._read([str(tvm_ffi.structural_hash(mod))])
+
+        def _read_all(self) -> None:
+            self._read(list(self.pending))
 
         def has_workload(self, mod):
+            self._read_for(mod)
             return self.inner.has_workload(mod)
 
         def commit_workload(self, mod):
@@ -509,21 +528,27 @@ def _make_database_class():
             self.appended += 1
 
         def get_top_k(self, workload, top_k):
+            self._read_for(workload.mod)
             return self.inner.get_top_k(workload, top_k)
 
         def get_all_tuning_records(self):
+            self._read_all()
             return self.inner.get_all_tuning_records()
 
         def query_tuning_record(self, mod, target, workload_name):
+            self._read_for(mod)
             return self.inner.query_tuning_record(mod, target, workload_name)
 
         def query_schedule(self, mod, target, workload_name):
+            self._read_for(mod)
             return self.inner.query_schedule(mod, target, workload_name)
 
         def query_ir_module(self, mod, target, workload_name):
+            self._read_for(mod)
             return self.inner.query_ir_module(mod, target, workload_name)
 
         def __len__(self):
+            self._read_all()
             return len(self.inner)
 
     return SepconvDatabase
@@ -539,12 +564,17 @@ def open_database(
     top_k: int | None = None,
     only: set[str] | None = None,
     warn: bool = True,
+    lazy: bool = False,
 ):
     """A MetaSchedule database holding the valid records of every log in ``dirs`` (missing ones
     are fine) and, when ``write_dir`` is given, appending new records there as they are
     committed. ``top_k`` keeps only the fastest records per workload (a build needs one);
     ``only`` restricts it to these workload hashes. Skipped lines are logged as warnings naming
     ``file:line``; the load summary is on the returned database's ``report``.
+
+    ``lazy``: TVM reads a workload's records when a query first names it, not here. A build
+    queries only its model's workloads, a few dozen of the shipped log's hundreds; the lines
+    are still read and checked now, and what TVM then rejects is logged when it is queried.
     """
     global _DB_CLASS
     if isinstance(dirs, (str, os.PathLike)):
@@ -556,7 +586,11 @@ def open_database(
     ms = _ms()
     report = LoadReport()
     inner = ms.database.MemoryDatabase(module_equality="structural")
-    _load_into(inner, paths, report, top_k=top_k, only=only)
+    found = _collect(paths, report, only)
+    if not lazy:
+        for entries in found.values():
+            _commit(inner, entries, report, top_k)
+        found = {}
     if warn:
         for line in report.skipped:
             log.warning("tuning log: skipped %s", line)
@@ -569,7 +603,7 @@ def open_database(
         )
     if _DB_CLASS is None:
         _DB_CLASS = _make_database_class()
-    return _DB_CLASS(inner, writer, report)
+    return _DB_CLASS(inner, writer, report, found, top_k, warn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,8 +673,8 @@ def database_for_build(key: str, sources=True):
     dirs = [d for d in log_dirs(key, sources) if d.is_dir()]
     if not dirs:
         return None, []
-    db = open_database(dirs, top_k=1)
-    if len(db) == 0:
+    db = open_database(dirs, top_k=1, lazy=True)
+    if not db.pending and len(db) == 0:
         return None, []
     return db, [str(d) for d in db.report.dirs]
 

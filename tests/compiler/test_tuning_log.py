@@ -261,3 +261,27 @@ def test_a_build_reads_only_the_best_record_per_workload(tmp_path):
     assert float(best.run_secs[0]) == pytest.approx(1e-6)
     only16 = open_database([tmp_path], only={Workload(w16).as_json()[0]})
     assert only16.report.records == 1 and only16.report.workloads == 1
+
+
+def test_a_lazy_database_reads_only_the_workloads_a_build_queries(tmp_path, caplog):
+    """A build opens the shipped log lazily: TVM replays the traces of the workloads the model
+    has, not the log's hundreds; what it finds is what an eager read finds, and a record TVM
+    rejects is still reported, when its workload is queried."""
+    w8, w16, w32 = workload(8), workload(16), workload(32)
+    write_log(tmp_path, [(w8, 4, 3e-6), (w8, 8, 2e-6), (w16, 4, 5e-6), (w32, 4, 1e-6)])
+    rec_file = tmp_path / RECORD_FILE
+    damaged = json.loads(lines(rec_file)[3])
+    damaged[1][0] = [["not", "a", "trace"]]
+    rec_file.write_text("\n".join([*lines(rec_file)[:3], json.dumps(damaged)]) + "\n")
+    lazy = open_database([tmp_path], top_k=1, lazy=True)
+    assert len(lazy.pending) == 3 and lazy.report.records == 0
+    best = lazy.query_tuning_record(w8, TARGET, "main")
+    assert [float(s) for s in best.run_secs] == pytest.approx([2e-6])
+    assert len(lazy.pending) == 2 and (lazy.report.workloads, lazy.report.records) == (1, 1)
+    assert lazy.has_workload(w16) and len(lazy.pending) == 1
+    with caplog.at_level(logging.WARNING, logger=tuning_db.log.name):
+        assert lazy.query_tuning_record(w32, TARGET, "main") is None
+    assert any(f"{RECORD_FILE}:4" in r.getMessage() for r in caplog.records)
+    eager = open_database([tmp_path], top_k=1, warn=False)
+    assert (eager.report.workloads, eager.report.records) == (3, 2)
+    assert (lazy.report.workloads, lazy.report.records) == (3, 2) and not lazy.pending
