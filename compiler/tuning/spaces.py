@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sepconv.compiler import tvm_compat
 from sepconv.compiler.tuning.tasks import TuneTask
 from sepconv.errors import TuningError
 
@@ -140,6 +141,13 @@ def passes_postprocs(ctx: Any) -> list:
     return ok
 
 
+def _probe(task: TuneTask, target: Any, ms: Any, traces: list) -> Any:
+    # light_tensor_intrinsics nests, so the driver's block is reused; called alone (a test, a
+    # script) the full import costs minutes in a process with many modules loaded
+    with tvm_compat.light_tensor_intrinsics(target):
+        return ms.TuneContext(task.mod, target=target, space_generator=space_generator(traces))
+
+
 def design_space(task: TuneTask, target: Any, ms: Any, space: str) -> tuple[Any, str]:
     """(space generator, how to search it: ``"enumerate"`` or ``"evolve"``) for ``task``.
 
@@ -154,8 +162,7 @@ def design_space(task: TuneTask, target: Any, ms: Any, space: str) -> tuple[Any,
         task.rule = rs.rule
         if rs.schedules:
             traces = [s.trace for s in rs.schedules]
-            probe = ms.TuneContext(task.mod, target=target, space_generator=space_generator(traces))
-            accepted = passes_postprocs(probe)
+            accepted = passes_postprocs(_probe(task, target, ms, traces))
             if accepted:
                 if len(accepted) < len(traces):
                     log.info(
@@ -177,10 +184,7 @@ def design_space(task: TuneTask, target: Any, ms: Any, space: str) -> tuple[Any,
         elif rs.rule is not None:
             # the rule's own schedule is measured first: the best record is then never worse
             # than the untuned build, on the machine that tuned
-            probe = ms.TuneContext(
-                task.mod, target=target, space_generator=space_generator([x.trace for x in rs.own])
-            )
-            task.seeds = passes_postprocs(probe)
+            task.seeds = passes_postprocs(_probe(task, target, ms, [x.trace for x in rs.own]))
             log.info("rule %s has no design space for %s: default space", rs.rule, task.name)
     elif space != "default":
         raise TuningError(f"space must be 'rules' or 'default', got {space!r}")
