@@ -19,7 +19,7 @@ from tvm import relax
 
 from sepconv.compiler.costs import function_costs
 from sepconv.compiler.importer import ImportedGraph
-from sepconv.compiler.passes import fast_sigmoid, fold_batch_norm, lift_constants
+from sepconv.compiler.passes import fast_sigmoid, fold_batch_norm, fold_constants, lift_constants
 from sepconv.errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def prepare_graph(
             "--precision int8 --calibration DATA`) or a PT2E-quantized ExportedProgram / .pt2"
         )
     mod = fold_batch_norm(graph.mod)
-    mod = relax.transform.FoldConstant()(mod)
+    mod = fold_constants(mod)
     stats = None
     if target.kind.name == "cuda":
         from sepconv.compiler.triton_ops import apply_triton_ops, mixed_precision
@@ -142,7 +142,7 @@ def _prepare_quantized(graph: ImportedGraph, target: tvm.target.Target, sepconv_
 
         mod, q = lower_quantized(mod, target)
         stats = {"int8": q.to_json()}
-    mod = relax.transform.FoldConstant()(mod)
+    mod = fold_constants(mod)
     mod = fast_sigmoid(mod)
     mod, weights = lift_constants(mod)
     return mod, weights, stats

@@ -279,4 +279,4 @@ def apply_separable_ops(
         return mod, SeparableStats()
     mod = to_channels_last(mod)
     mod, stats = rewrite_separable(mod, target, fuse=fuse)
-    return relax.transform.FoldConstant()(mod), stats
+    return fold_constants(mod), stats
