@@ -180,6 +180,17 @@ def lower(
     return fuse(mod, target), weights, stats
 
 
+def record_times(mod: tvm.IRModule) -> dict[str, float]:
+    """µs per call of each function scheduled from a tuning record, as the tuner timed it."""
+    from sepconv.compiler.tuning.database import RECORD_US_ATTR
+
+    return {
+        gv.name_hint: float(f.attrs[RECORD_US_ATTR])
+        for gv, f in mod.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and RECORD_US_ATTR in f.attrs
+    }
+
+
 def primfunc_names(mod: tvm.IRModule) -> list[str]:
     return sorted(
         gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
@@ -282,6 +293,8 @@ def build(
         log.warning("per-function costs could not be computed; the profile shows no MACs",
                     exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
     mod, stats.tuned = schedule(mod, target, database)
+    for name, us in record_times(mod).items():
+        stats.functions.setdefault(name, {})["record_us"] = us
     if is_cuda:
         from sepconv.schedules.gpu import verify_gpu_kernels
 

@@ -56,6 +56,8 @@ RECORD_FILE = "database_tuning_record.json"
 PROVENANCE_FILE = "provenance.json"
 LOCK_FILE = ".lock"
 SCHEDULED_ATTR = "tirx.is_scheduled"
+# On a function scheduled from a record: the record's time (µs per call) as the tuner measured it
+RECORD_US_ATTR = "sepconv.record_us"
 FAILED_RUN_SECS = 1e9  # MetaSchedule writes 1e10 s for a candidate that failed to build or run
 
 __all__ = [
@@ -622,7 +624,9 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
     """Schedule every PrimFunc of ``mod`` that has a record in ``database`` with its best record.
 
     Returns ``(module, names of the PrimFuncs scheduled from records)``; those are marked
-    ``tirx.is_scheduled`` so that the rule list leaves them alone. A record that exists but
+    ``tirx.is_scheduled`` so that the rule list leaves them alone, and carry the record's time
+    (``sepconv.record_us``: what the tuner measured, which ``sepconv profile`` sets beside
+    the time in the model). A record that exists but
     cannot be replayed (the PrimFunc changed shape since it was tuned can't match, so this means
     a TVM or trace problem) is reported as a warning, never dropped silently, and the function
     falls back to the rules.
@@ -641,6 +645,7 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
             continue
         try:
             sch = database.query_schedule(key, target, gv.name_hint)
+            record = database.query_tuning_record(key, target, gv.name_hint)
         except Exception as exc:  # noqa: BLE001 - one bad record must not fail the build
             log.warning(
                 "tuning record for %s could not be replayed (%s: %s); using the schedule rules",
@@ -658,7 +663,9 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
             if had_symbol
             else new.without_attr("global_symbol")
         )
-        updates[gv] = new.with_attr(SCHEDULED_ATTR, True)
+        new = new.with_attr(SCHEDULED_ATTR, True)
+        secs = mean_secs(record.run_secs) if record is not None else None
+        updates[gv] = new if secs is None else new.with_attr(RECORD_US_ATTR, secs * 1e6)
         tuned.append(gv.name_hint)
     if updates:
         mod = mod.clone()

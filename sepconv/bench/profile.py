@@ -82,6 +82,7 @@ class FunctionRow:
     bytes: int | None  # per model run (all calls)
     mac_blocks: list[int] = field(default_factory=list)  # per call
     peers: dict[str, PeerMatch] = field(default_factory=dict)
+    record_us: float | None = None  # per run: its tuning record's time × calls, as tuned
 
     @property
     def flops(self) -> float | None:
@@ -155,6 +156,17 @@ class ProfileReport:
     def coverage(self) -> float:
         return self.functions_ms / self.model_ms if self.model_ms else 0.0
 
+    @property
+    def tuned(self) -> dict | None:
+        """The functions built from tuning records: their time here and the time their records
+        say (the tuner's estimate of them), per run; None when none was."""
+        rows = [r for r in self.rows if r.record_us is not None]
+        if not rows:
+            return None
+        here, records = sum(r.us for r in rows) / 1e3, sum(r.record_us for r in rows) / 1e3
+        return {"functions": len(rows), "model_ms": here, "records_ms": records,
+                "ratio": here / records if records else None}  # fmt: skip
+
     def to_json(self) -> dict:
         from .report import _finite
 
@@ -166,6 +178,7 @@ class ProfileReport:
                 "machine": self.machine, "limits": self.limits.to_json(),
                 "model_ms": self.model_ms, "functions_ms": self.functions_ms,
                 "coverage": self.coverage, "hook_overhead_us": self.hook_overhead_us,
+                "tuned": self.tuned,
                 "functions": [r.to_json(self.limits) for r in self.rows],
                 "peers": {k: asdict(v) for k, v in self.peers.items()},
             }
@@ -305,12 +318,14 @@ def _rows(per_run, overhead_ns: float, functions: dict, shapes: dict) -> list[Fu
         blocks = [int(b) for b in cost.get("mac_blocks", [])]
         macs = cost.get("macs")
         nbytes = cost.get("bytes") or shapes.get(name)
+        record_us = cost.get("record_us")
         rows.append(
             FunctionRow(
                 name=name, kind=_kind(name, blocks) if cost else "?", calls=calls, us=us,
                 us_per_call=statistics.median(per_call[name]), share=us / total,
                 macs=None if macs is None else int(macs) * calls,
                 bytes=None if not nbytes else int(nbytes) * calls, mac_blocks=blocks,
+                record_us=None if record_us is None else float(record_us) * calls,
             )
         )  # fmt: skip
     rows.sort(key=lambda r: -r.us)
@@ -781,8 +796,18 @@ def _markdown(rep: ProfileReport) -> str:
         f"Timing: {rep.method}; {rep.runs} runs after {rep.warmup} warm-up.",
         "",
     ]
+    tuned = rep.tuned
+    if tuned:
+        lines[-1:-1] = [
+            f"Tuned: {tuned['functions']} functions from tuning records take "
+            f"{tuned['model_ms']:.3f} ms here; their records say {tuned['records_ms']:.3f} ms "
+            f"(the tuner's estimate of them; here / records = {tuned['ratio']:.2f}, per function "
+            "in the `tuner µs` column).  "
+        ]
     head = ["function", "kind", "calls", "µs", "share", "MACs", "bytes", "FLOP/B", "GFLOP/s",
             "% peak", "GB/s", "% BW"]  # fmt: skip
+    if tuned:
+        head.append("tuner µs")
     for p in ok_peers:
         head += [f"{p} µs", f"{p} GFLOP/s", "match"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -793,6 +818,8 @@ def _markdown(rep: ProfileReport) -> str:
             _pct(r.gflops / lim.fma_gflops if r.gflops else None), _f(r.gbs),
             _pct(r.gbs / lim.copy_gbs if r.gbs else None),
         ]  # fmt: skip
+        if tuned:
+            cells.append(_f(r.record_us))
         for p in ok_peers:
             m = r.peers.get(p)
             if m is None:

@@ -139,6 +139,24 @@ def test_a_tuned_build_uses_the_records_after_fusion(tuned, tmp_path):
         best = db.query_schedule(tuning_db.normalize_for_database(mod[name]), target, name)
         assert tvm_ffi.structural_equal(scheduled[name].body, best.mod["main"].body)
         assert scheduled[name].attrs["tirx.is_scheduled"]
+        # the record's time travels to the manifest, for `sepconv profile` to set beside its own
+        record = db.query_tuning_record(tuning_db.normalize_for_database(mod[name]), target, name)
+        us = 1e6 * tuning_db.mean_secs(record.run_secs)
+        assert build["functions"][name]["record_us"] == pytest.approx(us, rel=1e-3)
+    assert not any(
+        "record_us" in build["functions"][n] for n in set(build["functions"]) - set(names)
+    )
+    from sepconv.bench.profile import profile
+
+    prof = profile(
+        art.path,
+        threads=1,
+        runs=2,
+        warmup=0,
+        limits_kw={"sgemm_n": 128, "copy_mb": 4, "cache_copy_mb": 1, "runs": 2},
+    )
+    assert prof.tuned["functions"] == len(names) and prof.tuned["records_ms"] > 0
+    assert "tuner µs" in prof.markdown() and prof.to_json()["tuned"] == prof.tuned
 
     untuned = sepconv.compile(
         tiny_separable(), example_input=X, out=tmp_path / "untuned", tune_logs=False
