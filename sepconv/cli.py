@@ -251,8 +251,8 @@ def cmd_tune(args) -> int:
     models = ", ".join(args.model)
     print(f"tuning {models} for {args.target} on {args.device}", file=sys.stderr)
     measure = None
-    if args.min_repeat_ms is not None or args.timeout is not None:
-        measure = MeasureConfig()
+    if args.min_repeat_ms is not None or args.timeout is not None or args.flush_cache:
+        measure = MeasureConfig(flush_cache=args.flush_cache)
         if args.device != "local":
             measure.min_repeat_ms = 0
         if args.min_repeat_ms is not None:
@@ -594,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="each timing lasts at least this long (default 25 local, 0 remote)",
     )
     t.add_argument("--timeout", type=float, help="seconds per measurement before it fails")
+    t.add_argument(
+        "--flush-cache",
+        action="store_true",
+        help="time each candidate with its weights flushed from the caches (one call per "
+        "timing), as the model reads them; see benchmarks/tuning_estimate.py",
+    )
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     t.set_defaults(func=cmd_tune, no_sepconv_ops=False)
 

@@ -19,8 +19,8 @@ import torch
 import tvm_ffi
 
 import sepconv
+from sepconv.compiler.tuning import MeasureConfig, rule_spaces, tune
 from sepconv.compiler.tuning import database as tuning_db
-from sepconv.compiler.tuning import rule_spaces, tune
 from sepconv.targets import resolve_target
 from tests.nets import TinySeparable, randomize_bn, tiny_separable
 
@@ -345,3 +345,32 @@ def test_tuning_locally_for_cpu_features_the_host_lacks_is_refused(tmp_path, as_
         tune(tiny_separable(), example_input=X, trials=2, tune_log=tmp_path,
              mcpu="skylake-avx512", progress=False)  # fmt: skip
     assert not any(tmp_path.rglob("*.json"))
+
+
+def test_flush_cache_times_single_calls_with_cold_weights(monkeypatch):
+    """`sepconv tune --flush-cache`: each timing is one call after TVM flushes every argument but
+    the input from the caches (a repeated call would find the weights cached again)."""
+    from sepconv.cli import EXIT_ERROR, main
+    from sepconv.compiler import tuning
+    from sepconv.compiler.tuning import measure as measuring
+    from sepconv.errors import SepconvError
+    from sepconv.targets.devices import parse_device
+
+    def evaluator(**kw):
+        return measuring.make_runner(parse_device("local"), MeasureConfig(**kw)).evaluator_config
+
+    warm, cold = evaluator(), evaluator(flush_cache=True)
+    assert (warm.number, warm.min_repeat_ms, warm.enable_cpu_cache_flush) == (1, 25, False)
+    assert (cold.number, cold.min_repeat_ms, cold.enable_cpu_cache_flush) == (1, 0, True)
+    assert cold.repeat >= measuring.FLUSHED_REPEAT > warm.repeat
+    seen = {}
+
+    def fake_tune(*args, **kw):
+        seen.update(kw)
+        raise SepconvError("stop here")
+
+    monkeypatch.setattr(tuning, "tune", fake_tune)
+    assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1", "--flush-cache"]) == EXIT_ERROR
+    assert seen["measure"].flush_cache
+    assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1"]) == EXIT_ERROR
+    assert seen["measure"] is None  # the driver's default: warm, ≥25 ms timings
