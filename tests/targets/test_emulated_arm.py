@@ -141,7 +141,5 @@ def test_int8_cross_compiled_runs_on_the_device_and_matches_simulated_quantizati
         # the fp32 floor is set on the zoo at 224; this 32×32 random-weight model quantizes to a
         # few dB (see tests/compiler/int8/test_int8_models.py): the check here is the integer
         # semantics against the simulated quantization, which keeps its default rule
-        report = validate_int8(
-            model, qref, fp32, model_name=MODEL, num_inputs=2, min_sqnr_db=2.0
-        )
+        report = validate_int8(model, qref, fp32, model_name=MODEL, num_inputs=2, min_sqnr_db=2.0)
     assert report.passed, report.summary()
