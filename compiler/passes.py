@@ -109,6 +109,7 @@ class _FindFoldable(PyExprVisitor):
             self.constant_vars.add(binding.var)
         elif isinstance(value, relax.Call) and all(self._constant(a) for a in value.args):
             self.found = True
+        super().visit_var_binding_(binding)  # bindings nested in the value (an If's branches)
 
 
 def _has_foldable(func: relax.Function) -> bool:

@@ -71,3 +71,52 @@ def test_lift_constants_moves_every_weight_out_and_keeps_scalars():
 
     tvm.relax.analysis.post_order_visit(main, visit)
     assert remaining == []
+
+
+def test_fold_constants_does_layout_ops_in_numpy_and_skips_what_does_not_fold(monkeypatch):
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    from sepconv.compiler import passes
+
+    w = np.arange(24, dtype="float32").reshape(2, 3, 4)
+
+    def module(add_constants: bool):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((4, 3, 2), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                t = bb.emit(relax.op.permute_dims(relax.const(w), [2, 1, 0]))
+                outs = [
+                    bb.emit(relax.op.add(x, t)),
+                    bb.emit(relax.op.reshape(relax.const(w), (4, 6))),
+                ]
+                if add_constants:  # not a layout op: FoldConstant's to fold
+                    outs.append(bb.emit(relax.op.add(relax.const(w[0]), relax.const(w[1]))))
+                out = bb.emit_output(relax.Tuple(outs))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    calls = []
+    real = relax.transform.FoldConstant
+    monkeypatch.setattr(relax.transform, "FoldConstant", lambda: calls.append(1) or real())
+    xv = np.ones((4, 3, 2), "float32")
+    for add_constants in (False, True):
+        calls.clear()
+        folded = passes.fold_constants(module(add_constants))
+        assert calls == ([1] if add_constants else [])  # layout ops alone: numpy, no FoldConstant
+        for op in ("relax.permute_dims", "relax.reshape"):
+            assert count_ops(folded, op) == 0, op
+        assert count_ops(folded, "relax.add") == 1  # x + the folded transpose
+        ex = tvm.compile(folded, target=tvm.target.Target({"kind": "llvm"}))
+        got = [
+            t.numpy() for t in relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv))
+        ]
+        np.testing.assert_array_equal(got[0], xv + w.transpose(2, 1, 0))
+        np.testing.assert_array_equal(got[1], w.reshape(4, 6))
+        if add_constants:
+            np.testing.assert_array_equal(got[2], w[0] + w[1])
+    calls.clear()
+    again = passes.fold_constants(folded)  # nothing left on constants only
+    assert calls == [] and tvm_ffi.structural_equal(again["main"], folded["main"])
