@@ -106,19 +106,26 @@ class MeasureConfig:
 FLUSHED_REPEAT = 20  # single calls of a few µs: more of them for a steady mean
 
 
+def evaluator_config(measure: MeasureConfig) -> Any:
+    """MetaSchedule's timing settings for ``measure``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    flush = measure.flush_cache
+    return ms.runner.EvaluatorConfig(
+        number=1,
+        repeat=max(measure.repeat, FLUSHED_REPEAT) if flush else measure.repeat,
+        min_repeat_ms=0 if flush else measure.min_repeat_ms,
+        enable_cpu_cache_flush=flush,
+    )
+
+
 def make_runner(device: Any, measure: MeasureConfig) -> Any:
     """MetaSchedule's runner for ``device`` (a parsed ``local`` / ``rpc://`` / ``tracker://``)."""
     from tvm.s_tir import meta_schedule as ms
 
     from sepconv.targets import devices
 
-    flush = measure.flush_cache
-    evaluator = ms.runner.EvaluatorConfig(
-        number=1,
-        repeat=max(measure.repeat, FLUSHED_REPEAT) if flush else measure.repeat,
-        min_repeat_ms=0 if flush else measure.min_repeat_ms,
-        enable_cpu_cache_flush=flush,
-    )
+    evaluator = evaluator_config(measure)
     if device.is_local:
         return ms.runner.LocalRunner(evaluator_config=evaluator, timeout_sec=measure.timeout_s)
     if device.kind == "rpc":

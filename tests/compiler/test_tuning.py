@@ -354,12 +354,9 @@ def test_flush_cache_times_single_calls_with_cold_weights(monkeypatch):
     from sepconv.compiler import tuning
     from sepconv.compiler.tuning import measure as measuring
     from sepconv.errors import SepconvError
-    from sepconv.targets.devices import parse_device
 
-    def evaluator(**kw):
-        return measuring.make_runner(parse_device("local"), MeasureConfig(**kw)).evaluator_config
-
-    warm, cold = evaluator(), evaluator(flush_cache=True)
+    warm = measuring.evaluator_config(MeasureConfig())
+    cold = measuring.evaluator_config(MeasureConfig(flush_cache=True))
     assert (warm.number, warm.min_repeat_ms, warm.enable_cpu_cache_flush) == (1, 25, False)
     assert (cold.number, cold.min_repeat_ms, cold.enable_cpu_cache_flush) == (1, 0, True)
     assert cold.repeat >= measuring.FLUSHED_REPEAT > warm.repeat
