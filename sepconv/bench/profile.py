@@ -801,8 +801,8 @@ def _markdown(rep: ProfileReport) -> str:
         lines[-1:-1] = [
             f"Tuned: {tuned['functions']} functions from tuning records take "
             f"{tuned['model_ms']:.3f} ms here; their records say {tuned['records_ms']:.3f} ms "
-            f"(the tuner's estimate of them; here / records = {tuned['ratio']:.2f}, per function "
-            "in the `tuner µs` column).  "
+            f"(the tuner's estimate of them; here / records = {_f(tuned['ratio'], '{:.2f}')}, per "
+            "function in the `tuner µs` column).  "
         ]
     head = ["function", "kind", "calls", "µs", "share", "MACs", "bytes", "FLOP/B", "GFLOP/s",
             "% peak", "GB/s", "% BW"]  # fmt: skip
