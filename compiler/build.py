@@ -19,7 +19,13 @@ from tvm import relax
 
 from sepconv.compiler.costs import function_costs
 from sepconv.compiler.importer import ImportedGraph
-from sepconv.compiler.passes import fast_sigmoid, fold_batch_norm, fold_constants, lift_constants
+from sepconv.compiler.passes import (
+    count_ops,
+    fast_sigmoid,
+    fold_batch_norm,
+    fold_constants,
+    lift_constants,
+)
 from sepconv.errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -142,6 +148,11 @@ def _prepare_quantized(graph: ImportedGraph, target: tvm.target.Target, sepconv_
 
         mod, q = lower_quantized(mod, target)
         stats = {"int8": q.to_json()}
+        if count_ops(mod, "relax.nn.conv2d"):  # convs the quantizer left in float
+            from sepconv.compiler.separable import apply_separable_ops
+
+            mod, sep = apply_separable_ops(mod, target, always=True)
+            stats["fp32"] = sep.to_json()
     mod = fold_constants(mod)
     mod = fast_sigmoid(mod)
     mod, weights = lift_constants(mod)

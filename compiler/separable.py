@@ -267,15 +267,17 @@ def has_depthwise_conv(mod: tvm.IRModule) -> bool:
 
 
 def apply_separable_ops(
-    mod: tvm.IRModule, target: tvm.target.Target, fuse: bool = True
+    mod: tvm.IRModule, target: tvm.target.Target, fuse: bool = True, always: bool = False
 ) -> tuple[tvm.IRModule, SeparableStats]:
     """The whole rewrite, on a module whose weights are still constants (BN already folded).
 
-    A graph without a depthwise conv is returned unchanged: there is nothing separable in it.
+    A graph without a depthwise conv is returned unchanged (there is nothing separable in it)
+    unless ``always``: an int8 graph's depthwise convs are already integer operators, and the
+    float convs its quantizer left (ShuffleNetV2's last 1×1 conv) still want ours.
 
     clip → max/min, NHWC layout, our operators, then constant folding of the weight transposes.
     """
-    if not has_depthwise_conv(mod):
+    if not always and not has_depthwise_conv(mod):
         return mod, SeparableStats()
     mod = to_channels_last(mod)
     mod, stats = rewrite_separable(mod, target, fuse=fuse)

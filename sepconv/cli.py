@@ -119,6 +119,10 @@ def cmd_compile(args) -> int:
             f"  int8 operators: {q.get('depthwise', 0)} depthwise, {q.get('pointwise', 0)} "
             f"pointwise, {q.get('dense', 0)} dense ({q.get('left_to_tvm', 0)} left to TVM)"
         )
+        f32 = ops.get("fp32")
+        if f32:  # convs the quantizer left in float
+            n = sum(f32.get(k, 0) for k in ("fused_dw_pw", "depthwise", "pointwise", "dense"))
+            print(f"  fp32 operators: {n} convs the quantizer left in float")
     elif ops:
         print(
             f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "

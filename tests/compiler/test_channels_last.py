@@ -128,3 +128,11 @@ def test_int8_shuffles_run_on_the_8_bit_nhwc_maps(host):
     permutes = _permutes(mod)
     assert permutes.count([0, 1, 2, 4, 3]) == 16, permutes  # the 16 units' shuffles, NHWC
     assert permutes.count([0, 3, 1, 2]) <= 2 and [0, 2, 1, 3, 4] not in permutes, permutes
+    # the last 1×1 conv, which PT2E's recipe leaves in float, runs as our NHWC pointwise op
+    from sepconv.compiler.build import prepare_graph
+    from sepconv.compiler.passes import count_ops
+
+    assert count_ops(mod, "relax.nn.conv2d") == 1
+    built, _, stats = prepare_graph(import_exported(reference.graphs.exported, (x,)), host)
+    assert count_ops(built, "relax.nn.conv2d") == 0 and stats["fp32"]["pointwise"] == 1, stats
+    assert _permutes(built).count([0, 3, 1, 2]) == permutes.count([0, 3, 1, 2]) - 1
