@@ -124,7 +124,8 @@ def test_int8_shuffles_run_on_the_8_bit_nhwc_maps(host):
     spec = get_model("shufflenet_v2:0.5@32")
     x = spec.example_input()
     reference, _ = quantize_model(spec.module, (x,))
-    mod, _ = lower_quantized(import_exported(reference.graphs.exported, (x,)).mod, host)
+    graph = import_exported(reference.graphs.exported, (x,))
+    mod, _ = lower_quantized(graph.mod, host)
     permutes = _permutes(mod)
     assert permutes.count([0, 1, 2, 4, 3]) == 16, permutes  # the 16 units' shuffles, NHWC
     assert permutes.count([0, 3, 1, 2]) <= 2 and [0, 2, 1, 3, 4] not in permutes, permutes
@@ -133,6 +134,6 @@ def test_int8_shuffles_run_on_the_8_bit_nhwc_maps(host):
     from sepconv.compiler.passes import count_ops
 
     assert count_ops(mod, "relax.nn.conv2d") == 1
-    built, _, stats = prepare_graph(import_exported(reference.graphs.exported, (x,)), host)
+    built, _, stats = prepare_graph(graph, host)  # the same graph, through the whole int8 path
     assert count_ops(built, "relax.nn.conv2d") == 0 and stats["fp32"]["pointwise"] == 1, stats
     assert _permutes(built).count([0, 3, 1, 2]) == permutes.count([0, 3, 1, 2]) - 1
