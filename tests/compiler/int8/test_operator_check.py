@@ -1,0 +1,113 @@
+"""The per-operator int8 check: each compiled operator on the simulated quantization's own inputs,
+ties told apart from faults, a planted fault named, and the validation rule built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sepconv
+from sepconv.compiler.int8 import operator_check as oc
+from sepconv.compiler.validation import seeded_inputs
+
+pytest.importorskip("torchao", reason="int8 quantizes through torchao's PT2E")
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """(PT2E program, its int8 artifact) of TinySeparable: stem, depthwise, pointwise + residual,
+    mean pool, linear."""
+    from sepconv.compiler.int8.ptq import quantize_module, scheme_for
+    from tests.nets import tiny_separable
+
+    gen = torch.Generator().manual_seed(0)
+    calibration = [(torch.randn(1, 3, 16, 16, generator=gen),) for _ in range(8)]
+    ep, _ = quantize_module(
+        tiny_separable(), (torch.randn(1, 3, 16, 16),), calibration, scheme_for("x86_64")
+    )
+    out = tmp_path_factory.mktemp("opcheck") / "tiny"
+    art = sepconv.compile(ep, precision="int8", out=out, tune_logs=False, validate=False)
+    return ep, art.path
+
+
+def _stem_weight(model) -> int:
+    """Index of the stem conv's int8 weights [KH, KW, C, O] among the model's params."""
+    found = [i for i, p in enumerate(model._params)
+             if str(p.dtype) == "int8" and len(p.shape) == 4]  # fmt: skip
+    assert len(found) == 1, [tuple(p.shape) for p in model._params]
+    return found[0]
+
+
+def test_every_operator_matches_on_the_references_inputs(quantized):
+    ep, path = quantized
+    model = sepconv.load(path)
+    check = oc.check_operators(model, ep, seeded_inputs(model.inputs, 0))
+    assert check.passed, check.summary()
+    # every 8-bit tensor a function writes found its reference tensor: the input's, the stem's
+    # (NHWC), the pooled features' ([N, C] as [N, 1, 1, C]); the depthwise conv's is fused
+    # into the float pointwise conv that reads it (the quantizer left that one float)
+    names = [o.function for o in check.operators]
+    assert not [o for o in check.operators if o.reference is None], check.summary()
+    assert any(n.startswith("sepconv_qconv") for n in names), names
+    assert len({o.reference for o in check.checked}) == 3, check.summary()
+    assert all(o.max_steps <= 1 and o.exact + o.ties >= oc.MIN_EXACT for o in check.checked)
+    assert check.output_exact == 1.0
+    assert "within 1 step" in check.summary()
+
+
+def test_a_corrupted_operator_is_named_and_fails_validation(quantized):
+    ep, path = quantized
+    model = sepconv.load(path)
+    i = _stem_weight(model)
+    w = model._params[i].numpy()
+    bad = w.copy()
+    bad[..., 0] = np.clip(bad[..., 0].astype(np.int32) + 3, -127, 127).astype(np.int8)
+    model._params[i].copyfrom(bad)  # output channel 0 of the stem conv now computes wrongly
+    check = oc.check_operators(model, ep, seeded_inputs(model.inputs, 0))
+    assert check.passed is False
+    first = check.failed[0]
+    assert first.function.startswith("sepconv_qconv"), check.summary()
+    assert first.max_steps > 1 or first.exact + first.ties < oc.MIN_EXACT
+    # forced inputs: the operators after it read the reference's map, so they still pass
+    after = check.checked[check.checked.index(first) + 1 :]
+    assert after and all(o.passed for o in after), check.summary()
+    report = sepconv.validate(model, reference=ep, record=False)
+    assert not report.passed
+    assert any("first at sepconv_qconv" in n and "compiler fault" in n for n in report.notes)
+    assert report.operators["passed"] is False
+    model._params[i].copyfrom(w)
+    assert sepconv.validate(model, reference=ep, record=False).passed
+
+
+def test_a_rounding_tie_is_told_from_a_step():
+    """x/s = k + ½ exactly is a tie (either rounding is the reference's, up to its float
+    noise); k + 0.3 is not."""
+
+    class Quantize(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.quantized_decomposed.quantize_per_tensor(
+                x, 0.5, 0, 0, 255, torch.uint8
+            )
+
+    import torchao.quantization.pt2e  # noqa: F401 - registers quantized_decomposed
+
+    gm = torch.fx.symbolic_trace(Quantize())
+    recorder = oc._QuantizeRecorder(gm)
+    recorder.run(torch.tensor([1.25, 1.15, 2.0]))  # ·(1/0.5): 2.5 (tie), 2.3, 4.0
+    (found,) = recorder.found
+    assert found.tie.tolist() == [True, False, False]
+    assert found.q.tolist() == [2, 2, 4]  # round half to even
+    got = np.array([3, 2, 4], np.uint8)  # the other side of the tie: allowed
+    assert oc._compare(got, found, lambda v: v) == (pytest.approx(2 / 3), pytest.approx(1 / 3), 1)
+    got = np.array([2, 3, 4], np.uint8)  # one step off where there is no tie: a fault
+    exact, ties, steps = oc._compare(got, found, lambda v: v)
+    assert ties == 0 and exact == pytest.approx(2 / 3) and steps == 1
+
+
+def test_no_check_without_a_pt2e_graph(quantized):
+    _, path = quantized
+    model = sepconv.load(path)
+    check = oc.check_operators(model, torch.nn.Identity(), seeded_inputs(model.inputs, 0))
+    assert check.passed is None and "not a PT2E graph" in check.reason
+    assert check.summary().startswith("operator check not run")
