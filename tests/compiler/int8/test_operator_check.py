@@ -80,29 +80,52 @@ def test_a_corrupted_operator_is_named_and_fails_validation(quantized):
     assert sepconv.validate(model, reference=ep, record=False).passed
 
 
+def _quantize(x, scale):
+    return torch.ops.quantized_decomposed.quantize_per_tensor(x, scale, 0, 0, 255, torch.uint8)
+
+
+def _dequantize(q, scale):
+    return torch.ops.quantized_decomposed.dequantize_per_tensor(q, scale, 0, 0, 255, torch.uint8)
+
+
+def _recorded(forward, x):
+    import torchao.quantization.pt2e  # noqa: F401 - registers quantized_decomposed
+
+    module = type("M", (torch.nn.Module,), {"forward": lambda self, x: forward(x)})()
+    recorder = oc._QuantizeRecorder(torch.fx.symbolic_trace(module))
+    recorder.run(x)
+    return recorder.found
+
+
 def test_a_rounding_tie_is_told_from_a_step():
     """x/s = k + ½ exactly is a tie (either rounding is the reference's, up to its float
     noise); k + 0.3 is not."""
-
-    class Quantize(torch.nn.Module):
-        def forward(self, x):
-            return torch.ops.quantized_decomposed.quantize_per_tensor(
-                x, 0.5, 0, 0, 255, torch.uint8
-            )
-
-    import torchao.quantization.pt2e  # noqa: F401 - registers quantized_decomposed
-
-    gm = torch.fx.symbolic_trace(Quantize())
-    recorder = oc._QuantizeRecorder(gm)
-    recorder.run(torch.tensor([1.25, 1.15, 2.0]))  # ·(1/0.5): 2.5 (tie), 2.3, 4.0
-    (found,) = recorder.found
-    assert found.tie.tolist() == [True, False, False]
-    assert found.q.tolist() == [2, 2, 4]  # round half to even
+    (found,) = _recorded(lambda x: _quantize(x, 0.5), torch.tensor([1.25, 1.15, 2.0]))
+    # ·(1/0.5): 2.5 (a tie: 2 by round half to even, 3 allowed), 2.3, 4.0
+    assert found.q.tolist() == [2, 2, 4] and found.alt.tolist() == [3, 2, 4]
+    same = lambda v: v  # noqa: E731
     got = np.array([3, 2, 4], np.uint8)  # the other side of the tie: allowed
-    assert oc._compare(got, found, lambda v: v) == (pytest.approx(2 / 3), pytest.approx(1 / 3), 1)
+    assert oc._compare(got, found, same) == (pytest.approx(2 / 3), pytest.approx(1 / 3), 0)
     got = np.array([2, 3, 4], np.uint8)  # one step off where there is no tie: a fault
-    exact, ties, steps = oc._compare(got, found, lambda v: v)
-    assert ties == 0 and exact == pytest.approx(2 / 3) and steps == 1
+    assert oc._compare(got, found, same) == (pytest.approx(2 / 3), 0.0, 1)
+
+
+def test_a_requantization_carries_the_earlier_tie():
+    """quantize(dequantize(q)) at another scale, through a flatten: q's tie, rounded the other
+    way, lands two steps off at the new scale — allowed there, since our compiled model may
+    hold q only inside a fused function."""
+
+    def forward(x):
+        d = _dequantize(_quantize(x, 0.5), 0.5)
+        return _quantize(torch.ops.aten.flatten.using_ints(d, 1), 0.3)
+
+    first, second = _recorded(forward, torch.tensor([[1.25, 2.0]]))
+    assert first.q.tolist() == [[2, 4]] and first.alt.tolist() == [[3, 4]]
+    # 1.0 / 0.3 → 3; the other rounding, 1.5 / 0.3 → 5
+    assert second.q.tolist() == [[3, 7]] and second.alt.tolist() == [[5, 7]]
+    same = lambda v: v  # noqa: E731
+    assert oc._compare(np.array([[5, 7]], np.uint8), second, same) == (0.5, 0.5, 0)
+    assert oc._compare(np.array([[4, 7]], np.uint8), second, same) == (0.5, 0.0, 1)
 
 
 def test_no_check_without_a_pt2e_graph(quantized):
