@@ -128,9 +128,7 @@ _VIEWS = ("flatten", "reshape", "view", "dropout", "clone", "squeeze", "unsqueez
 
 
 def _target_is(node: torch.fx.Node, names) -> bool:
-    return node.op == "call_function" and any(
-        n in str(node.target).split(".") for n in names
-    )
+    return node.op == "call_function" and any(n in str(node.target).split(".") for n in names)
 
 
 class _QuantizeRecorder(torch.fx.Interpreter):
