@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=2, help="threads for every system (default 2)")
     p.add_argument("--target", default="host", help="target triple (default: host)")
+    p.add_argument("--mcpu", help="LLVM CPU for sepconv (haswell: AVX2 code on an AVX-512 host)")
+    p.add_argument("--stem", default="zoo_latency", help="results file names (default zoo_latency)")
     p.add_argument("--untuned", action="store_true", help="ignore the shipped tuning records")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = p.parse_args(argv)
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             args.models,
             args.peers,
             target=args.target,
+            mcpu=args.mcpu,
             batch=1,
             runs=args.runs,
             warmup=args.warmup,
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except SepconvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = report.write(args.out, stem="zoo_latency")
+    files = report.write(args.out, stem=args.stem)
     print(report.markdown())
     print("wrote " + ", ".join(str(f) for f in files.values()))
     return 1 if report.failed else 0

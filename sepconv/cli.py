@@ -385,6 +385,7 @@ def cmd_bench(args) -> int:
         peers,
         input_shape=args.input_shape,
         target=args.target,
+        mcpu=args.mcpu,
         device=args.device,
         batch=args.batch,
         runs=args.runs,
@@ -637,6 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", nargs="+", help="zoo names with knobs (mobilenet_v1:0.75@192) or files")
     b.add_argument("--input-shape", metavar="SHAPE", help=INPUT_SHAPE_HELP)
     b.add_argument("--target", "-t", default="host", help="target triple (default: host)")
+    b.add_argument(
+        "--mcpu",
+        help="LLVM CPU sepconv compiles for instead of the detected one (haswell: AVX2 code on "
+        "an AVX-512 host)",
+    )
     b.add_argument(
         "--device",
         "-d",

@@ -45,6 +45,7 @@ class BenchSettings:
     """What every system is measured under (recorded in the report)."""
 
     target: str = "host"
+    mcpu: str | None = None  # sepconv's LLVM CPU (haswell: AVX2 code on an AVX-512 host)
     device: str = "local"
     batch: int = 1
     runs: int = 50
@@ -525,7 +526,7 @@ class Sepconv(Peer):
     def available(self):
         from sepconv.targets import resolve_target
 
-        spec = resolve_target(self.settings.target)
+        spec = resolve_target(self.settings.target, mcpu=self.settings.mcpu)
         if self.settings.is_local and not spec.is_host:
             return (
                 f"code for {spec.triple} ({spec.mcpu}) does not run on this machine; pass "
@@ -558,8 +559,8 @@ class Sepconv(Peer):
         # one path per peer: dlopen hands back an already-loaded library for a reused path
         out = self.workdir() / f"{self.name}-{name}-{example.shape[-1]}-{os.getpid()}-{id(module)}"
         art = sepconv.compile(
-            module if source is None else source, target=self.settings.target, out=out,
-            example_input=example, force=True,
+            module if source is None else source, target=self.settings.target,
+            mcpu=self.settings.mcpu, out=out, example_input=example, force=True,
             tune_logs=self.settings.tune_logs if self.tuned else False,
             sepconv_ops=self.sepconv_ops, **int8,
         )  # fmt: skip

@@ -196,6 +196,7 @@ def run_bench(
     peers: str | Sequence | None = None,
     *,
     target: str = "host",
+    mcpu: str | None = None,
     device: str = "local",
     batch: int = 1,
     runs: int = 50,
@@ -217,6 +218,8 @@ def run_bench(
     file (``.pt2``: the peers run ``ep.module()``; ``.onnx``: the reference and the onnxruntime
     peer are ONNX Runtime on the file, the torch peers cannot run it). ``input_shape`` fixes a
     file's dynamic dimensions. ``peers`` None: :func:`default_peers` of the precision.
+    ``mcpu`` is the LLVM CPU sepconv compiles for (``haswell``: AVX2 code on an AVX-512 host,
+    with the AVX2 tuning log); the peers run as they would on this machine.
 
     ``precision="int8"``: sepconv is quantized (``sepconv.compile(precision="int8")``) on
     ``calibration`` (DATA as ``sepconv.compile`` takes it; None: seeded random inputs) with
@@ -258,7 +261,7 @@ def run_bench(
     if threads < 1:
         raise SepconvError(f"threads must be ≥ 1, got {threads}")
     os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's pool starts: before any run
-    tspec = resolve_target(target)
+    tspec = resolve_target(target, mcpu=mcpu)
     if device.strip().lower() not in ("local", "localhost", "host", ""):
         from sepconv.targets.devices import check_device, parse_device
 
@@ -269,7 +272,8 @@ def run_bench(
         tmp = tempfile.TemporaryDirectory(prefix="sepconv-bench-")
         build_dir = tmp.name
     settings = BenchSettings(
-        target=target, device=device, batch=batch, runs=runs, warmup=warmup, rounds=rounds,
+        target=target, mcpu=mcpu, device=device, batch=batch, runs=runs, warmup=warmup,
+        rounds=rounds,
         threads=threads, seed=seed, tune_logs=tune_logs, settle_s=settle_s,
         build_dir=Path(build_dir), precision=precision, calibration=calibration,
         observer=observer, min_sqnr_db=min_sqnr_db,

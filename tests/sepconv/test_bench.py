@@ -251,11 +251,15 @@ def test_cli_bench_writes_report(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TVM_NUM_THREADS", "2")
     out = tmp_path / "report"
     argv = ["bench", MODELS[0], "--peers", "torch", "--runs", "3", "--warmup", "1"]
+    # --mcpu haswell: AVX2 code, which every host of ours runs (an AVX-512 one too)
+    argv += ["--mcpu", "haswell"]
     assert main([*argv, "--settle", "0", "--threads", "2", "--report", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert f"`{MODELS[0]}`" in stdout and "report:" in stdout
     d = json.loads((out / "report.json").read_text())
     assert list(d["models"][0]["systems"]) == ["sepconv", "torch"]
+    assert d["settings"]["mcpu"] == d["settings"]["target_spec"]["mcpu"] == "haswell"
+    assert d["models"][0]["systems"]["sepconv"]["info"]["target"] == "x86_64-avx2"
     assert (out / "latency_vs_macs.png").stat().st_size > 0
     assert (out / "speedup.png").stat().st_size > 0
 
