@@ -649,13 +649,15 @@ def profile(
     if peers:  # a missing reference fails now, before the runs
         reference = _reference(compiled, reference, seed, len(arrays))
 
-    before = measure_limits(run_threads, **(limits_kw or {})) if limits is None else None
+    # the FMA loop is built for the artifact's CPU: AVX2 code on an AVX-512 host has half its peak
+    limits_kw = {"mcpu": compiled.manifest.target.get("mcpu") or None, **(limits_kw or {})}
+    before = measure_limits(run_threads, **limits_kw) if limits is None else None
     per_run, overhead_ns, shapes = _record(compiled, arrays, warmup, runs, functions)
     rows = _rows(per_run, overhead_ns, functions, shapes)
     order = [name for name, _ in per_run[0]] if per_run else []
     t = compiled.time(*arrays, warmup=warmup, runs=max(runs, 10))
     if limits is None:  # before and after the model's runs: the higher of each
-        limits = before.best(measure_limits(run_threads, **(limits_kw or {})))
+        limits = before.best(measure_limits(run_threads, **limits_kw))
 
     peer_profiles: dict[str, PeerProfile] = {}
     if peers:
@@ -790,7 +792,8 @@ def _markdown(rep: ProfileReport) -> str:
         f"Hook cost {rep.hook_overhead_us:.1f} µs per call, subtracted.  ",
         f"Machine limits measured in this run (before and after the model, the higher) on "
         f"{lim.threads} threads: FMA peak "
-        f"{lim.fma_gflops:.1f} GFLOP/s (sgemm {lim.sgemm_n}²), copy bandwidth "
+        f"{lim.fma_gflops:.1f} GFLOP/s (FMA loop for {lim.mcpu or 'this CPU'} "
+        f"{lim.fma_loop_gflops:.1f}, sgemm {lim.sgemm_n}² {lim.sgemm_gflops:.1f}), copy bandwidth "
         f"{lim.copy_gbs:.1f} GB/s ({lim.copy_mb:g} MB; {lim.cache_copy_gbs:.1f} GB/s at "
         f"{lim.cache_copy_mb:g} MB, in cache); ridge {lim.ridge:.1f} FLOP/byte.  ",
         f"Timing: {rep.method}; {rep.runs} runs after {rep.warmup} warm-up.",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import platform
+import re
 import sys
 
 import pytest
@@ -81,6 +83,28 @@ def test_limits_are_measured_and_positive(report):
     assert lim.sgemm_n == SMALL_LIMITS["sgemm_n"]
     assert len(lim.measured) == 2  # before and after the model's runs, the higher kept
     assert lim.fma_gflops == max(m["fma_gflops"] for m in lim.measured)
+    # the peak: the FMA loop, built for the artifact's CPU, or the sgemm where that is higher
+    assert lim.fma_loop_gflops > 0 and lim.sgemm_gflops > 0
+    assert lim.mcpu == report.target["mcpu"]
+    for m in lim.measured:
+        assert m["fma_gflops"] == max(m["fma_loop_gflops"], m["sgemm_gflops"])
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 assembly")
+@pytest.mark.parametrize("mcpu, register", [("haswell", "ymm"), ("skylake-avx512", "zmm")])
+def test_fma_loop_is_vector_fmas_on_the_cpus_registers(mcpu, register):
+    """Compiled (not run: an AVX2 host cannot run the AVX-512 one) for each ISA: the loop body
+    is vector FMAs on that ISA's registers, the count of chains the FLOP figure assumes."""
+    from sepconv.bench.limits import FMA_CHAINS, build_fma_loop
+
+    lib, shape, flop, spec = build_fma_loop(2, mcpu, iters=10)
+    lanes = 8 if register == "ymm" else 16
+    assert shape == (2, FMA_CHAINS * lanes) and flop == 2 * 2 * 10 * FMA_CHAINS * lanes
+    asm = lib.mod.inspect_source("asm")
+    fmas = re.findall(rf"vfmadd\w*\s+[^\n]*%{register}", asm)
+    assert len(fmas) >= FMA_CHAINS
+    if register == "ymm":
+        assert "zmm" not in asm
     with pytest.raises(SepconvError, match="threads must be ≥ 1"):
         measure_limits(0)
 
