@@ -35,7 +35,7 @@ from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
 from sepconv.compiler import sepconv_ops as ops
 from sepconv.compiler.channels_last import propagate_channels_last
-from sepconv.compiler.passes import fold_constants
+from sepconv.compiler.passes import fast_sigmoid_expr, fold_constants
 from sepconv.compiler.patterns import (
     Act,
     SeparableMatch,
@@ -222,7 +222,7 @@ def te_activation(act: Act) -> Activation | None:
         three, zero, six = (tirx.const(v, f32) for v in (3.0, 0.0, 6.0))
         return lambda v: v * te.min(te.max(v + three, zero), six) / six
     if act.kind == "silu":
-        return lambda v: v * te.sigmoid(v)
+        return lambda v: v * fast_sigmoid_expr(v)
     if act.kind == "relu":
         zero = tirx.const(0.0, f32)
         return lambda v: te.max(v, zero)

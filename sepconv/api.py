@@ -250,7 +250,9 @@ def _validate(
     ``model`` is a loaded model or an artifact path. ``reference`` is the eager module, a zoo name,
     or None to rebuild the zoo model the artifact names. The result is written into the manifest.
     ``bisect=True`` also locates the first compiled function whose output leaves the tolerance
-    (``report.bisect``, a :class:`~sepconv.compiler.bisect.BisectReport`; see :func:`bisect`).
+    (``report.bisect``, a :class:`~sepconv.compiler.bisect.BisectReport`; see :func:`bisect`);
+    for int8, the per-operator check in full (an
+    :class:`~sepconv.compiler.int8.operator_check.OperatorCheck`: every operator's row).
 
     An int8 artifact is compared with the simulated quantization (rebuilt from the recorded
     calibration, or ``quantized_reference``) and with fp32 (``min_sqnr_db`` overrides the fp32
@@ -260,11 +262,11 @@ def _validate(
     """
     compiled = model if isinstance(model, CompiledModel) else _load(model)
     if compiled.manifest.build.get("precision") == "int8":
-        if bisect:
-            raise SepconvError("--bisect works on fp32 artifacts; int8 bisection is not built yet")
         report = _validate_int8(
             compiled, reference, quantized_reference, seed, num_inputs, min_sqnr_db, layers
         )
+        if bisect:  # int8's bisection: each operator on the reference's inputs, in order
+            report.bisect = report.operator_check
         if record:
             record_validation(compiled.path, compiled.manifest, report.to_json())
         return report

@@ -518,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--bisect",
         action="store_true",
         help="also compare every compiled function's output with the reference's and name the "
-        "first one that leaves the tolerance (one debug rebuild)",
+        "first one that leaves the tolerance (one debug rebuild); int8: print every operator's "
+        "row of the per-operator check",
     )
     v.add_argument(
         "--layers",

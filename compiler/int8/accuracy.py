@@ -83,11 +83,13 @@ class Int8ValidationReport:
     # each operator on the reference's inputs (operator_check.OperatorCheck.to_json)
     operators: dict | None = None
     operator_summary: str | None = None
+    operator_check: object = None  # the OperatorCheck itself (``validate --bisect`` prints it)
     bisect: object = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("bisect")
+        d.pop("operator_check")
         d["precision"] = "int8"
         return d
 
@@ -247,6 +249,7 @@ def validate_int8(
         model_name, passed, outputs, num_inputs, seed, tuple(tq), tuple(tf)
     )
     report.operators, report.operator_summary = check.to_json(), check.summary()
+    report.operator_check = check
     report.rule = (
         "each operator on the reference's inputs within 1 step, ≥ 99.9 % exact (ties aside)"
         if by_operator

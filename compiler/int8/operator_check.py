@@ -95,6 +95,21 @@ class OperatorCheck:
             )
         return text
 
+    def table(self) -> str:
+        """Every 8-bit tensor a compiled function wrote, in execution order (Markdown)."""
+        lines = [
+            "| # | function | shape | reference tensor | exact | ties | steps | |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for i, o in enumerate(self.operators):
+            verdict = "–" if o.reference is None else "ok" if o.passed else "FAIL"
+            lines.append(
+                f"| {i} | `{o.function}` | {'×'.join(map(str, o.shape))} | "
+                f"{o.reference or 'none (unchecked)'} | {100 * o.exact:.2f} % | "
+                f"{100 * o.ties:.2f} % | {o.max_steps} | {verdict} |"
+            )
+        return "\n".join(lines)
+
     def to_json(self) -> dict:
         return {
             "passed": self.passed,

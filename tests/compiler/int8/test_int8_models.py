@@ -173,6 +173,11 @@ def test_cli_validate_prints_the_int8_report_and_its_exit_code(cli_artifact, cap
     assert main(["validate", str(out), "--json"]) == code
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == "int8" and report["passed"] == (code == 0)
+    # --bisect: every operator's row of the per-operator check
+    assert main(["validate", str(out), "--bisect"]) == code
+    printed = capsys.readouterr().out
+    assert "| # | function | shape | reference tensor |" in printed
+    assert "`sepconv_qdw" in printed and "operator outputs on the reference's inputs" in printed
     # another model as the reference: the int8 report fails and so does the command
     code = main(["validate", str(out), "--reference", "mobilenet_v1:0.25@32"])
     assert code == EXIT_VALIDATION_FAILED
