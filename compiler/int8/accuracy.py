@@ -258,7 +258,7 @@ def validate_int8(
     if float_reference is None:
         report.notes.append("no fp32 reference (a PT2E-quantized model file): SQNR not measured")
     if check.passed is False:
-        unchecked = [o.function for o in check.operators if o.reference is None]
+        unchecked = [o.function for o in check.unchecked]
         if check.failed:
             where = f"first at {check.failed[0].function}"
         elif unchecked:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from sepconv.compiler.int8.layer_error import _is_quantize
+from sepconv.compiler.int8.layer_error import _is, _is_quantize
 
 TIE_EPS = 1e-3  # how near ½ (in steps) the reference's rounded value is a tie
 MIN_MATCH = 0.5  # fraction exact-or-tie for a tensor to be taken as the reference's
@@ -66,6 +66,10 @@ class OperatorCheck:
         return [o for o in self.operators if o.reference is not None]
 
     @property
+    def unchecked(self) -> list[OperatorResult]:
+        return [o for o in self.operators if o.reference is None]
+
+    @property
     def failed(self) -> list[OperatorResult]:
         return [o for o in self.checked if not o.passed]
 
@@ -85,7 +89,7 @@ class OperatorCheck:
             f"{len(checked) - len(self.failed)} within 1 step and ≥ {100 * MIN_EXACT:g} % exact"
             f" ({ties} with rounding ties), model output {100 * self.output_exact:.2f} % exact"
         )
-        unchecked = [o.function for o in self.operators if o.reference is None]
+        unchecked = [o.function for o in self.unchecked]
         if unchecked:
             text += f"; {len(unchecked)} unchecked (no reference tensor): {', '.join(unchecked)}"
         for o in self.failed[:3]:
@@ -142,10 +146,6 @@ def graph_module(reference) -> torch.fx.GraphModule | None:
 _VIEWS = ("flatten", "reshape", "view", "dropout", "clone", "squeeze", "unsqueeze", "contiguous")
 
 
-def _target_is(node: torch.fx.Node, names) -> bool:
-    return node.op == "call_function" and any(n in str(node.target).split(".") for n in names)
-
-
 class _QuantizeRecorder(torch.fx.Interpreter):
     """Runs the reference keeping each quantize node's output and the value a tie allows
     instead: the other rounding of its own tie, or — for a requantization (quantize of
@@ -186,10 +186,10 @@ class _QuantizeRecorder(torch.fx.Interpreter):
 
     def _carried_alt(self, n) -> torch.Tensor | None:
         chain, x = [], n.args[0]
-        while isinstance(x, torch.fx.Node) and _target_is(x, _VIEWS):
+        while isinstance(x, torch.fx.Node) and any(_is(x, view) for view in _VIEWS):
             chain.append(x)
             x = x.args[0]
-        if not (isinstance(x, torch.fx.Node) and _target_is(x, ("dequantize_per_tensor",))):
+        if not (isinstance(x, torch.fx.Node) and _is(x, "dequantize_per_tensor")):
             return None
         source = x.args[0]
         if not isinstance(source, torch.fx.Node) or source.name not in self._alt:

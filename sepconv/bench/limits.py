@@ -17,6 +17,7 @@ thread count the model runs with.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -113,6 +114,7 @@ def _fma_loop(threads: int, lanes: int, chains: int, iters: int):
     return main
 
 
+@functools.lru_cache(maxsize=8)  # a profile measures before and after the model: build once
 def build_fma_loop(threads: int, mcpu: str | None = None, iters: int = FMA_ITERS):
     """``(library, its output shape, FLOP per call, target spec)`` of the FMA loop for this
     machine's CPU (``mcpu``: another one it runs, e.g. ``haswell`` on an AVX-512 host)."""
