@@ -20,7 +20,14 @@ from tvm.target import Target
 from .base import CpuRule
 from .block_names import CONV, DW, PW
 from .int8_intrinsics import dot_intrinsic
-from .nhwc_tile import choose_tile, named_blocks, output_epilogue, parallel_rows, vectorize_tail
+from .nhwc_tile import (
+    choose_tile,
+    named_blocks,
+    output_epilogue,
+    parallel_rows,
+    partition_padded_tiles,
+    vectorize_tail,
+)
 from .target_params import cpu_params, target_features
 
 
@@ -64,6 +71,9 @@ class Int8Pointwise(CpuRule):
         sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
         vectorize_tail(sch, epilogue, tile)
         parallel_rows(sch, n, h, wo, oo, params)
+        channel_tiles = sch.get_loops(main)[-6]  # oo, unless fused into the parallel loop
+        if sch.get(channel_tiles).kind != tirx.ForKind.PARALLEL:
+            partition_padded_tiles(sch, main, epilogue, channel_tiles)
         init = sch.decompose_reduction(main, ro)
         vectorize_tail(sch, init, tile)
         sch.tensorize(ov, dot.name)

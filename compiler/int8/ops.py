@@ -23,7 +23,7 @@ import numpy as np
 from tvm import te, tirx
 
 from sepconv.compiler.sepconv_ops import out_size, pad_nhwc
-from sepconv.schedules.block_names import CONV, DW, PW
+from sepconv.schedules.block_names import CONV, DW, PW, PW_CROP
 
 I32, F32 = "int32", "float32"
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -117,25 +117,55 @@ def accumulate(
     )
 
 
-def pointwise_packed(xq: te.Tensor, wp: te.Tensor) -> te.Tensor:
+def pointwise_packed(
+    xq: te.Tensor, wp: te.Tensor, channels: int | None = None, tail: te.Tensor | None = None
+) -> te.Tensor:
     """Σ_c xq[p, c] · W[c, o] with W packed as ``[O/L, C/4, L, 4]``: the dot intrinsic's panel
-    (4 input channels × L output channels contiguous, :mod:`sepconv.schedules.int8_intrinsics`)."""
-    n, h, wd, c = xq.shape
-    lanes = wp.shape[2]
-    rc = te.reduce_axis((0, c), "rc")
-    return te.compute(
-        (n, h, wd, wp.shape[0] * lanes),
+    (4 input channels × L output channels contiguous, :mod:`sepconv.schedules.int8_intrinsics`).
+
+    Shapes the panel does not divide (ShuffleNet's 58, 116, 232 channels; a 1000-class
+    classifier) keep the dot for the whole panels (:func:`pack_pointwise`): the ``PW`` block
+    sums the first 4·⌊C/4⌋ input channels over all packed (zero-padded) output channels, and a
+    ``PW_CROP`` block — inlined into the epilogue by the rule — adds the ≤ 3 remaining input
+    channels (``tail``: ``[C mod 4, ⌈O/L⌉·L]``) and keeps the first ``channels`` outputs."""
+    n, h, wd, _ = xq.shape  # int64 dims, as the placeholders': FuseTIR needs them to agree
+    c = int(xq.shape[3])
+    lanes = int(wp.shape[2])
+    padded = int(wp.shape[0]) * lanes
+    channels = padded if channels is None else channels
+    whole = int(wp.shape[1]) * 4
+    rc = te.reduce_axis((0, tirx.IntImm("int64", whole)), "rc")
+    acc = te.compute(
+        (n, h, wd, wp.shape[0] * wp.shape[2]),
         lambda i, y, z, o: te.sum(
             _i32(xq[i, y, z, rc]) * _i32(wp[o // lanes, rc // 4, o % lanes, rc % 4]), axis=rc
         ),
         name=PW,
     )
+    if tail is None and channels == padded:
+        return acc
+
+    def crop(i, y, z, o):
+        v = acc[i, y, z, o]
+        for t in range(c - whole):
+            v = v + _i32(xq[i, y, z, whole + t]) * _i32(tail[t, o])
+        return v
+
+    return te.compute((n, h, wd, tirx.IntImm("int64", channels)), crop, name=PW_CROP)
 
 
-def pack_pointwise(w_co: np.ndarray, lanes: int) -> np.ndarray:
-    """``[C, O]`` int8 weights → ``[O/L, C/4, L, 4]``."""
+def pack_pointwise(w_co: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``[C, O]`` int8 weights → the panels ``[⌈O/L⌉, ⌊C/4⌋, L, 4]`` (output channels
+    zero-padded to whole panels) and the ``[C mod 4, ⌈O/L⌉·L]`` rows that do not fill a block of 4
+    (None when 4 divides C): :func:`pointwise_packed`."""
     c, o = w_co.shape
-    return np.ascontiguousarray(w_co.reshape(c // 4, 4, o // lanes, lanes).transpose(2, 0, 3, 1))
+    whole, o_pad = c - c % 4, -(-o // lanes) * lanes
+    w = np.zeros((whole, o_pad), np.int8)
+    w[:, :o] = w_co[:whole]
+    panels = w.reshape(whole // 4, 4, o_pad // lanes, lanes).transpose(2, 0, 3, 1)
+    tail = np.zeros((c % 4, o_pad), np.int8)
+    tail[:, :o] = w_co[whole:]
+    return np.ascontiguousarray(panels), tail if c % 4 else None
 
 
 def quantize_expr(y, out: QParams):

@@ -19,6 +19,9 @@ each documented where it is:
 - ``targets/triple.py``: ``configure_cuda_jit`` (NVRTC needs cuda-bindings, else nvcc),
   ``_cuda_source_modules`` (fallback modules hold source, not kernels).
 - ``compiler/costs.py``: a hand-written SBlock walk (no TIR statement visitor in Python).
+- ``schedules/nhwc_tile.py``: ``partition_padded_tiles`` (TVM's vectorizer scalarizes a whole
+  loop whose block carries a predicate, on targets without scalable vectors; the loop-partition
+  hint peels the predicated tile).
 """
 
 from __future__ import annotations
@@ -256,3 +259,41 @@ def test_normalize_workload_is_what_tune_context_stores():
     with tvm_compat.light_tensor_intrinsics(resolve_target("host").target):
         ctx = ms.TuneContext(func, target=resolve_target("host").target)
     assert tvm_ffi.structural_equal(ctx.mod, key)
+
+
+# -- partition_padded_tiles (schedules/nhwc_tile.py)
+
+
+def _predicated_vector_loop(hint: bool) -> str:
+    """58 real channels of 4 tiles of 16, the last predicated, lowered by TVM's TIR pipeline."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def crop(a: T.Buffer((4, 16), "float32"), b: T.Buffer((58,), "float32")):
+        for t in range(4):
+            for v in T.vectorized(16):
+                with T.sblock("crop"):
+                    c = T.axis.spatial(58, t * 16 + v)
+                    T.where(t * 16 + v < 58)
+                    b[c] = a[c // 16, c % 16] + T.float32(1)
+
+    sch = Schedule(crop)
+    if hint:
+        sch.annotate(sch.get_loops(sch.get_sblock("crop"))[0], "pragma_loop_partition_hint", 1)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
+    s_tir, tirx = tvm.s_tir.transform, tvm.tirx.transform
+    # the default pipeline's order (tvm/s_tir/pipeline.py), up to the vectorizer
+    passes = [tirx.BindTarget(target), s_tir.LowerInitBlock(), s_tir.ConvertBlocksToOpaque(),
+              s_tir.LowerOpaqueBlock(), tirx.FlattenBuffer(), s_tir.LoopPartition(),
+              tirx.VectorizeLoop()]  # fmt: skip
+    return tvm.ir.transform.Sequential(passes)(sch.mod).script()
+
+
+def test_tvm_still_scalarizes_a_predicated_vector_loop():
+    """Obsolete when TVM vectorizes the predicated tiles (masked stores): the hint then only
+    duplicates the loop body — remove it."""
+    assert "T.Ramp(" not in _predicated_vector_loop(hint=False)
+
+
+def test_the_partition_hint_keeps_the_whole_tiles_vectorized():
+    assert "T.Ramp(" in _predicated_vector_loop(hint=True)

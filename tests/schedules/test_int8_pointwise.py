@@ -28,13 +28,16 @@ VNNI = tvm.target.Target(
 
 def _pointwise(pixels: int, c: int, o: int, lanes: int, packed: bool = True):
     xq = te_placeholder((1, 1, pixels, c), "uint8", "xq")
-    shape = (o // lanes, c // 4, lanes, 4) if packed else (c, o)
-    wq = te_placeholder(shape, "int8", "wq")
-    acc = ops.pointwise_packed(xq, wq) if packed else ops.accumulate(
-        xq, wq, (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False
-    )  # fmt: skip
+    weights = [te_placeholder((c, o), "int8", "wq")]
+    if packed:
+        weights = [te_placeholder((-(-o // lanes), c // 4, lanes, 4), "int8", "wq")]
+        if c % 4:
+            weights.append(te_placeholder((c % 4, -(-o // lanes) * lanes), "int8", "wt"))
+        acc = ops.pointwise_packed(xq, *weights[:1], o, *weights[1:])
+    else:
+        acc = ops.accumulate(xq, weights[0], (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False)
     out = te.compute(acc.shape, lambda *i: acc(*i) + 1, name="epilogue")
-    return te.create_prim_func([xq, wq, out])
+    return te.create_prim_func([xq, *weights, out])
 
 
 def _asm(sch, target) -> str:
@@ -64,8 +67,35 @@ def test_declines_unpacked_weights_and_targets_without_a_dot():
     assert Int8Pointwise().apply(_pointwise(14, 32, 32, 16), AVX2, False) is None
 
 
-# o a multiple of 16: the panel width on AVX-512 hosts (8 on AVX2); 48 is 3 panels of 16, 6 of 8
-@pytest.mark.parametrize("pixels, c, o", [(14, 32, 16), (49, 64, 48), (8, 128, 64)])
+def test_padded_accumulator_keeps_the_placeholders_int64_dims():
+    """FuseTIR rejects a function whose buffer dims are int32 beside Relax's int64 ones (an int8
+    MobileNetV3-Small failed to compile so): the padded panels' PW and PW_CROP blocks too."""
+    xq = te_placeholder((1, 2, 14, 58), "uint8", "xq")
+    wp = te_placeholder((4, 14, 16, 4), "int8", "wq")
+    wt = te_placeholder((2, 64), "int8", "wt")
+    crop = ops.pointwise_packed(xq, wp, 58, wt)
+    for t in (crop, crop.op.input_tensors[0]):
+        assert {str(d.ty) for d in t.shape} == {"int64"}, t
+
+
+def test_padded_panels_peel_the_last_channel_tile():
+    """ShuffleNet's 58 channels: 4 panels of 16, the last with 6 real channels and 2 input
+    channels outside the blocks of 4. The epilogue's channel-tile loop carries TVM's
+    loop-partition hint (only the peeled last tile is predicated); unpadded shapes carry none."""
+    for o, hinted in ((58, True), (64, False)):
+        sch = Int8Pointwise().apply(_pointwise(56, 58 if hinted else 64, o, 16), VNNI, False)
+        assert sch is not None
+        script = sch.mod.script()
+        assert ("pragma_loop_partition_hint" in script) == hinted, script
+        assert "vpdpbusd" in _asm(sch, VNNI)
+
+
+# 48 is 3 panels of 16, 6 of 8; the last three pad the panels (58, 20 output channels) and
+# leave input channels outside the blocks of 4 (58, 30, 7)
+@pytest.mark.parametrize(
+    "pixels, c, o",
+    [(14, 32, 16), (49, 64, 48), (8, 128, 64), (28, 58, 58), (7, 30, 20), (9, 7, 3)],
+)
 def test_exact_integer_sum_at_the_edges_of_the_exact_range(pixels, c, o):
     """u8 0…127 × s8 −128…127: vpmaddubsw's s16 pair sum (2·127·128 = 32512) must not saturate."""
     target = host_target()
@@ -87,8 +117,8 @@ def test_exact_integer_sum_at_the_edges_of_the_exact_range(pixels, c, o):
         x = rng.integers(0, 128, shape) if x_fill is None else np.full(shape, x_fill)
         w = rng.integers(-128, 128, (c, o)) if w_fill is None else np.full((c, o), w_fill)
         x, w = x.astype(np.uint8), w.astype(np.int8)
-        packed = ops.pack_pointwise(w, lanes)
+        weights = [tvm.runtime.tensor(a) for a in ops.pack_pointwise(w, lanes) if a is not None]
         out = tvm.runtime.tensor(np.zeros((1, 1, pixels, o), np.int32))
-        lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+        lib["main"](tvm.runtime.tensor(x), *weights, out)
         expect = x.reshape(pixels, c).astype(np.int64) @ w.astype(np.int64) + 1
         np.testing.assert_array_equal(out.numpy().reshape(pixels, o), expect)

@@ -281,6 +281,27 @@ def test_narrow_pointwise_uses_the_dot_panels_when_the_target_has_them(host):
         assert packed == int(u.narrow or dot.full_range), (u.id, stats.sepconv_ops)
 
 
+# ShuffleNetV2's branch widths: output channels padded to whole panels, input channels left
+# over from the blocks of 4 (58), and a residual read through the padded panels
+PADDED_UNITS = [
+    Unit("pointwise", 58, 58, 8, act="relu", narrow=True),
+    Unit("pointwise", 116, 116, 4, act="relu", narrow=True),
+    Unit("pointwise", 30, 20, 6, act="none", residual=True, narrow=True),
+]
+
+
+@pytest.mark.parametrize("unit", PADDED_UNITS, ids=[u.id for u in PADDED_UNITS])
+def test_channels_the_panels_do_not_divide_stay_on_the_dot(unit: Unit, host):
+    from sepconv.schedules.int8_intrinsics import dot_intrinsic
+    from sepconv.schedules.target_params import target_features
+
+    if dot_intrinsic(target_features(host)) is None:
+        pytest.skip("the host has no u8·s8 dot instruction")
+    got, ref, stats = run_unit(unit, _data(unit), host)
+    assert stats.sepconv_ops["int8"].get("packed") == 1, stats.sepconv_ops
+    assert_close(got, ref)
+
+
 def test_float_exact_bound():
     from sepconv.compiler.int8.ops import float_exact
 

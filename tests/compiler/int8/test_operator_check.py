@@ -32,9 +32,10 @@ def quantized(tmp_path_factory):
 
 
 def _stem_weight(model) -> int:
-    """Index of the stem conv's int8 weights [KH, KW, C, O] among the model's params."""
+    """Index of the stem conv's int8 weights [3, 3, 3, O] among the model's params (the
+    linear's packed panels [O/L, C/4, L, 4] are int8 and 4-D too)."""
     found = [i for i, p in enumerate(model._params)
-             if str(p.dtype) == "int8" and len(p.shape) == 4]  # fmt: skip
+             if str(p.dtype) == "int8" and tuple(p.shape[:3]) == (3, 3, 3)]  # fmt: skip
     assert len(found) == 1, [tuple(p.shape) for p in model._params]
     return found[0]
 
