@@ -650,6 +650,16 @@ class QuantizedMapMatch:
     gate: relax.Expr | None
     out: QuantParam
     out_bounds: tuple[float, float]
+    window: PoolWindow | None = None  # a max pool's (gate None)
+
+
+@dataclass(frozen=True)
+class PoolWindow:
+    """A 2-D pooling window on an NCHW map: sizes, strides, padding (top, left, bottom, right)."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
 
 
 class _QuantizedMapOp:
@@ -663,7 +673,7 @@ class _QuantizedMapOp:
         self.clamp = ClampPattern(self.quantize)
         self.pattern = self.clamp.pattern | self.quantize
 
-    def _read(self, m, gate) -> QuantizedMapMatch | None:
+    def _read(self, m, gate, window: PoolWindow | None = None) -> QuantizedMapMatch | None:
         x, out = quant_param(m[self.dq_x]), quant_param(m[self.quantize])
         shape = static_shape(m[self.xq])
         if x is None or out is None or not (x.per_tensor and out.per_tensor):
@@ -673,7 +683,7 @@ class _QuantizedMapOp:
         bounds = self.clamp.bounds(m) if self.clamp.pattern in m else (-INF, INF)
         if bounds is None:
             return None
-        return QuantizedMapMatch(m[self.xq], x, gate, out, bounds)
+        return QuantizedMapMatch(m[self.xq], x, gate, out, bounds, window)
 
 
 class QuantizedGatePattern(_QuantizedMapOp):
@@ -707,6 +717,27 @@ class QuantizedMeanPattern(_QuantizedMapOp):
         if axes != [2, 3] or not bool(mean.attrs["keepdims"]):
             return None
         return self._read(m, None)
+
+
+class QuantizedMaxPoolPattern(_QuantizedMapOp):
+    """A max pool of a quantized map: ``[clamp](quantize(max_pool2d(dequantize(xq))))``, NCHW,
+    no dilation, floor mode (ShuffleNetV2's after the stem)."""
+
+    def __init__(self):
+        super().__init__(lambda dq: is_op("relax.nn.max_pool2d")(dq))
+
+    def read(self, m) -> QuantizedMapMatch | None:
+        a = m[self.op].attrs
+        if a.layout != "NCHW" or a.out_layout != "NCHW" or bool(a.ceil_mode):
+            return None
+        if any(int(d) != 1 for d in a.dilation) or len(a.padding) != 4:
+            return None
+        window = PoolWindow(
+            tuple(int(v) for v in a.pool_size),
+            tuple(int(v) for v in a.strides),
+            tuple(int(v) for v in a.padding),
+        )
+        return self._read(m, None, window)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@
                         consecutive operators hand NHWC 8-bit maps to each other
 
 Also integer, NHWC: squeeze-and-excitation's global average pool (the exact mean) and its gate
-multiply (QuantizedMeanPattern, QuantizedGatePattern), and the classifier's linear. A pointwise
-unit off the dot instruction (channels not a multiple of its panel, full-range inputs on AVX2)
-sums in fp32 where that is exact (``ops.float_exact``), on the fp32 micro-kernel.
+multiply (QuantizedMeanPattern, QuantizedGatePattern), max pools (QuantizedMaxPoolPattern: the
+8-bit max), and the classifier's linear. A pointwise unit off the dot instruction (full-range
+inputs on AVX2) sums in fp32 where that is exact (``ops.float_exact``), on the fp32
+micro-kernel.
 
-What no operator covers (ShuffleNet's concat, channel shuffle and split, max pools) stays as
+What no operator covers (ShuffleNet's concat, channel shuffle and split) stays as
 ``dequantize → float op → quantize``, legalized by TVM and fused by FuseOps into one kernel per
 chain: 8-bit in memory, float only in registers — but NCHW, behind transposes.
 """
@@ -38,6 +39,7 @@ from sepconv.compiler.patterns import (
     QuantizedLinearMatch,
     QuantizedLinearPattern,
     QuantizedMapMatch,
+    QuantizedMaxPoolPattern,
     QuantizedMeanPattern,
     static_shape,
 )
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 _FUNC_NAMES = {
     "depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv",
     "linear": "sepconv_qlinear", "gate": "sepconv_qgate", "mean": "sepconv_qmean",
+    "max_pool": "sepconv_qmaxpool",
 }  # fmt: skip
 
 
@@ -59,6 +62,7 @@ class QuantizedStats:
     linear: int = 0
     gate: int = 0  # squeeze-and-excitation gate multiplies
     mean: int = 0  # global average pools
+    max_pool: int = 0
     packed: int = 0  # pointwise and linear ones on the target's u8·s8 dot instruction
     float_exact: int = 0  # units off it summed in fp32, exactly (ops.float_exact)
     left_to_tvm: int = 0  # quantized convs no operator takes (grouped, channel multiplier > 1)
@@ -183,7 +187,7 @@ class _Lowering(FuncEmitter):
         return relax.op.reshape(call, (n, o))
 
     def map_op(self, q: QuantizedMapMatch | None) -> relax.Expr | None:
-        """SE's gate multiply or a global average pool, NHWC on the 8-bit map."""
+        """SE's gate multiply, a global average pool or a max pool, NHWC on the 8-bit map."""
         if q is None or q.x.dtype != q.out.dtype:
             return None
         n, c, h, w = static_shape(q.xq)
@@ -196,6 +200,10 @@ class _Lowering(FuncEmitter):
             y, kind = ops.gate(xp, gp, x, out), "gate"
             placeholders = [xp, gp]
             args.append(relax.op.reshape(q.gate, (n, c)))
+        elif q.window is not None:
+            win = q.window
+            y, kind = ops.max_pool(xp, x, out, win.size, win.stride, win.padding), "max_pool"
+            placeholders = [xp]
         else:
             y, kind, placeholders = ops.mean_pool(xp, x, out), "mean", [xp]
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)
@@ -362,7 +370,7 @@ def lower_quantized(mod: tvm.IRModule, target=None) -> tuple[tvm.IRModule, Quant
         return rewrite
 
     main = rewrite_call(pat.pattern, rewriter(pat, rw.unit), mod["main"])
-    for map_pattern in (QuantizedGatePattern(), QuantizedMeanPattern()):
+    for map_pattern in (QuantizedGatePattern(), QuantizedMeanPattern(), QuantizedMaxPoolPattern()):
         main = rewrite_call(map_pattern.pattern, rewriter(map_pattern, rw.map_op), main)
     lin = QuantizedLinearPattern()
 

@@ -228,6 +228,38 @@ def mean_pool(xq: te.Tensor, x: QParams, out: QParams) -> te.Tensor:
     )
 
 
+def max_pool(xq: te.Tensor, x: QParams, out: QParams, size, stride, padding) -> te.Tensor:
+    """A max pool on an 8-bit NHWC map, exactly: dequantizing is increasing, so the max of the
+    dequantized window is the dequantized max of the 8-bit one; the padding holds the dtype's
+    lowest value, which no window's real maximum is below. With the input's parameters on the
+    output (PT2E shares them) the 8-bit max is the result; else it is requantized."""
+    n, h, w, c = xq.shape
+    lo = QRANGE[x.dtype][0]
+    xp = pad_nhwc(xq, padding, lo)
+    oh = out_size(h, size[0], stride[0], padding[0], padding[2], 1)
+    ow = out_size(w, size[1], stride[1], padding[1], padding[3], 1)
+    rh, rw = te.reduce_axis((0, size[0]), "rh"), te.reduce_axis((0, size[1]), "rw")
+    peak = te.compute(
+        (n, oh, ow, c),
+        lambda i, y, z, k: te.max(xp[i, y * stride[0] + rh, z * stride[1] + rw, k], axis=[rh, rw]),
+        name="sepconv_qmax",
+    )
+    same = np.float32(x.scale) == np.float32(out.scale) and x.zero_point == out.zero_point
+    if same and x.dtype == out.dtype:
+        lo_out, hi_out = out.bounds
+
+        def body(*i):
+            v = peak(*i)
+            return tirx.max(tirx.min(v, tirx.const(hi_out, x.dtype)), tirx.const(lo_out, x.dtype))
+
+    else:
+
+        def body(*i):
+            return quantize_expr(dequantize_expr(peak(*i), x), out)
+
+    return te.compute(peak.shape, body, name="sepconv_qmaxpool")
+
+
 def requantize(
     acc: te.Tensor,
     correction: te.Tensor,

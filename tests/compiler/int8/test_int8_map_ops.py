@@ -1,5 +1,6 @@
-"""Squeeze-and-excitation's integer operators against torch's fake-quant ops: the gate multiply
-``q(dequantize(xq) · g)`` and the global average pool ``q(mean(dequantize(xq)))``, each written
+"""The integer map operators against torch's fake-quant ops: squeeze-and-excitation's gate
+multiply ``q(dequantize(xq) · g)`` and global average pool ``q(mean(dequantize(xq)))``, and a
+max pool ``q(max_pool2d(dequantize(xq)))`` (ShuffleNetV2's after the stem), each written
 in Relax as PT2E's graph imports, built through the whole compiler and compared with what the
 converted PT2E graph computes eagerly (``adaptive_avg_pool2d`` for the pool, as the zoo's SE
 blocks are exported)."""
@@ -84,10 +85,11 @@ def _relax(xq, zx, dtype, body, sy, zy, extra=()):
     return bb.get()
 
 
-def _steps(got, ref, stats, kind):
+def _steps(got, ref, stats, kind, function=None):
     ops = stats.sepconv_ops["int8"]
     assert ops[kind] == 1, ops
-    assert any(f"sepconv_q{kind}" in f for f in stats.primfuncs), stats.primfuncs
+    function = function or f"sepconv_q{kind}"
+    assert any(function in f for f in stats.primfuncs), stats.primfuncs
     assert got.dtype == ref.dtype and got.shape == ref.shape
     return np.abs(got.astype(np.int32) - ref.astype(np.int32))
 
@@ -122,3 +124,31 @@ def test_global_average_pool_is_the_exact_mean(c, hw, dtype, host):
     np.testing.assert_array_equal(got.astype(np.int64), exact)
     ties = (2 * total) % (hw * hw) == 0  # S / (H·W) is k + ½ (or an integer: agree anyway)
     assert steps.max() <= 1 and not np.any(steps[~ties]), "apart off a tie"
+
+
+# (channels, map side, dtype, kernel, stride, padding): ShuffleNetV2's 3×3/2 pad 1 on odd and even
+# maps, and a 2×2/2 window without padding
+POOLS = [(24, 16, "uint8", 3, 2, 1), (24, 15, "uint8", 3, 2, 1), (16, 8, "int8", 3, 2, 1),
+         (40, 8, "uint8", 2, 2, 0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-params", "requantized"])
+@pytest.mark.parametrize("c,hw,dtype,k,stride,pad", POOLS)
+def test_max_pool_is_the_8bit_max(c, hw, dtype, k, stride, pad, shared, host):
+    """With the input's parameters on the output (PT2E shares them) the result is the max of
+    the 8-bit window, bit for bit; with other parameters it is that max requantized — both
+    exactly what the fake-quant graph computes (dequantizing is increasing)."""
+    xq, zx = _map(c, hw, dtype, 3)
+    y = F.max_pool2d(_dequantize(xq, zx, dtype), k, stride, pad)
+    sy, zy = (SX, zx) if shared else (SX * 1.7, zx + 5)
+    ref = _quantize(y, sy, zy, dtype)
+    pool = lambda x: relax.op.nn.max_pool2d(x, k, stride, pad)  # noqa: E731
+    mod = _relax(xq, zx, dtype, pool, sy, zy)
+    got, stats = _build_and_run(mod, [xq], ref.shape, dtype, host)
+    steps = _steps(got, ref, stats, "max_pool", "sepconv_qmaxpool")
+    assert steps.max() == 0, f"max {steps.max()} steps; {np.mean(steps == 0):.4%} exact"
+    if shared:
+        window = torch.from_numpy(xq.astype(np.int32)).float()
+        lowest = float(QRANGE[dtype][0])
+        padded = F.pad(window, (pad,) * 4, value=lowest)
+        np.testing.assert_array_equal(got, F.max_pool2d(padded, k, stride).numpy().astype(dtype))
