@@ -8,6 +8,10 @@ by 4 and the innermost (L lanes × 4 channels) tensorized into one ``vpmaddubsw 
 MACs per ``vpmaddubsw`` against 8 fp32 MACs per FMA, so compute-bound layers can reach 2× the
 fp32 kernel (VNNI 4×); the 8-bit maps move 4× fewer bytes.
 
+Padded panels (output channels no panel divides, zero-padded by the lowering) tile all packed
+channels; the epilogue stores the real ones, its channel-tile loop peeled by
+:func:`.nhwc_tile.partition_padded_tiles` so that only the last tile is predicated.
+
 Declines (None) unless the weights are packed ``[O/L, C/4, L, 4]`` int8 and the target has the
 matching dot (the lowering packs only then), so the fp32 rules never see these functions.
 """
