@@ -45,6 +45,14 @@ def _desc(lanes: int):
     return desc
 
 
+def _broadcast_word(A, lanes: int):
+    """The 4 input bytes as one 32-bit word in every lane. One expression, not named values:
+    TVMScript makes each assignment a local buffer, which under a parallel loop became a
+    workspace allocated and freed per task (three per kernel, seen in the stem's assembly)."""
+    word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+    return T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
+
+
 def _impl_pairs(lanes: int):
     to_s16, to_s32 = _PAIR[lanes]
 
@@ -57,15 +65,14 @@ def _impl_pairs(lanes: int):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
-            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a = T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
-            b = B.vload([0, 0], dtype=f"int8x{4 * lanes}")
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(to_s16), a, b, dtype=f"int16x{2 * lanes}"
-            )
             C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(to_s32),
-                pairs,
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(to_s16),
+                    _broadcast_word(A, lanes),
+                    B.vload([0, 0], dtype=f"int8x{4 * lanes}"),
+                    dtype=f"int16x{2 * lanes}",
+                ),
                 T.broadcast(T.int16(1), 2 * lanes),
                 dtype=f"int32x{lanes}",
             )
@@ -88,14 +95,11 @@ def _impl_vnni(lanes: int):
             # LLVM 22 declares vpdpbusd on <64 x i8> operands: <16 x i32> ones, as TVM's own
             # VNNI intrinsic passes them, fail LLVM's verifier (seen with a first version of
             # this factory written the same way)
-            word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            a = T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
-            b = B.vload([0, 0], dtype=f"int8x{4 * lanes}")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(dot),
                 C.vload([0], dtype=f"int32x{lanes}"),
-                a,
-                b,
+                _broadcast_word(A, lanes),
+                B.vload([0, 0], dtype=f"int8x{4 * lanes}"),
                 dtype=f"int32x{lanes}",
             )
 

@@ -58,6 +58,14 @@ def test_tensorizes_on_the_targets_dot_instruction(target, lanes, instruction):
     assert "zmm" in asm if lanes == 16 else "ymm" in asm
 
 
+@pytest.mark.parametrize("target, lanes", [(AVX2, 8), (VNNI, 16)], ids=["avx2", "vnni"])
+def test_the_dot_kernels_allocate_no_workspace(target, lanes):
+    """The intrinsic's operands are one expression: named values in TVMScript are local
+    buffers, which under the parallel loop were workspaces allocated and freed per task."""
+    sch = Int8Pointwise().apply(_pointwise(14, 32, 2 * lanes, lanes), target, False)
+    assert "TVMBackendAllocWorkspace" not in _asm(sch, target)
+
+
 def test_declines_unpacked_weights_and_targets_without_a_dot():
     assert Int8Pointwise().apply(_pointwise(14, 32, 16, 8, packed=False), AVX2, False) is None
     sse = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"})
