@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import tirx
 
-from sepconv.schedules.block_names import USEFUL_CHANNELS
+from sepconv.schedules.block_names import USEFUL_CHANNELS, USEFUL_MACS
 
 
 @dataclass
@@ -108,7 +108,9 @@ def primfunc_cost(func: tirx.PrimFunc) -> FunctionCost:
                 break
             n *= extent
         useful = block.annotations.get(USEFUL_CHANNELS)
-        if n and useful is not None:  # a GEMM on padded channels: count the real ones
+        if n and USEFUL_MACS in block.annotations:  # a padded reduction: the real MACs
+            n = int(block.annotations[USEFUL_MACS])
+        elif n and useful is not None:  # a GEMM on padded channels: count the real ones
             spatial = [iv for iv in block.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar]
             n = n * int(useful) // int(spatial[-1].dom.extent)
         if n:

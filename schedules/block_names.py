@@ -24,5 +24,7 @@ CONV = "sepconv_conv"
 """NHWC dense conv (the stem)."""
 USEFUL_CHANNELS = "sepconv_useful_channels"
 """Block annotation on a padded ``PW``: its real output channels (costs count those MACs)."""
+USEFUL_MACS = "sepconv_useful_macs"
+"""Block annotation: the real MACs of a block whose reduction is padded (costs count those)."""
 
-__all__ = ["CONV", "DW", "DW_ACT", "PAD", "PW", "PW_CROP", "USEFUL_CHANNELS"]
+__all__ = ["CONV", "DW", "DW_ACT", "PAD", "PW", "PW_CROP", "USEFUL_CHANNELS", "USEFUL_MACS"]

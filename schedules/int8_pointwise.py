@@ -1,5 +1,5 @@
-"""int8 pointwise 1×1 conv (``sepconv_pw`` over u8 × s8 packed weights) on the target's dot
-instruction: ``acc[P, O] += x[P, 4] · W[O/L, 4, L]`` per intrinsic call.
+"""int8 pointwise 1×1 conv (``sepconv_pw`` over u8 × s8 packed weights) and dense conv on the
+target's dot instruction: ``acc[P, O] += x[P, 4] · W[O/L, 4, L]`` per intrinsic call.
 
 The tile is the fp32 pointwise micro-kernel's (:mod:`.nhwc_tile`: P pixels × k vectors of L
 output channels, accumulators in registers for the whole reduction), with the reduction split
@@ -12,6 +12,13 @@ Padded panels (output channels no panel divides, zero-padded by the lowering) ti
 channels; the epilogue stores the real ones, its channel-tile loop peeled by
 :func:`.nhwc_tile.partition_padded_tiles` so that only the last tile is predicated.
 
+Dense convs (``sepconv_conv``: the stem) take the same tile: their reduction is KH window rows of
+KW·C contiguous input bytes, padded to blocks of 4 (``compiler/int8/ops.conv_packed``), so the
+dot reads 4 bytes of a padded input row where a pointwise conv reads 4 channels of a pixel; the
+padded rows (``sepconv_pad``, a real buffer in the same function) are copied first, in parallel.
+A 3×3 stem on 3 channels otherwise has no channel axis for the dot and ran as int32 vector
+multiplies at half the fp32 stem's speed.
+
 Declines (None) unless the weights are packed ``[O/L, C/4, L, 4]`` int8 and the target has the
 matching dot (the lowering packs only then), so the fp32 rules never see these functions.
 """
@@ -22,7 +29,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .base import CpuRule
-from .block_names import CONV, DW, PW
+from .block_names import CONV, DW, PAD, PW
 from .int8_intrinsics import dot_intrinsic
 from .nhwc_tile import (
     choose_tile,
@@ -51,36 +58,49 @@ class Int8Pointwise(CpuRule):
             return None
         sch = s_tir.Schedule(func)
         blocks = named_blocks(sch)
-        if blocks is None or PW not in blocks or DW in blocks or CONV in blocks:
+        if blocks is None or DW in blocks or (PW in blocks) == (CONV in blocks):
             return None
+        op = PW if PW in blocks else CONV
         names = list(blocks)
-        if names.index(PW) != 0:
+        before = names[: names.index(op)]
+        if before != ([PAD] if op == CONV else []):
             return None
-        main = blocks[PW]
+        main = blocks[op]
         weights = _packed_weights(sch, main)
         dot = dot_intrinsic(target_features(target))
         if weights is None or dot is None or int(weights.shape[2]) != dot.lanes:
             return None
-        epilogue = output_epilogue(sch, main, [blocks[n] for n in names[1:]])
+        epilogue = output_epilogue(sch, main, [blocks[n] for n in names[len(before) + 1 :]])
         params = cpu_params(target)
         _, _, out_w, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
         tile = choose_tile(out_w, channels, params, self.max_k)
         if tile.vec != dot.lanes:
             return None
-        n, h, w, o, rc = sch.get_loops(main)
+        n, h, w, o, *outer_red, rc = sch.get_loops(main)
         wo, wi = sch.split(w, [None, tile.p])
         oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
         ro, ri = sch.split(rc, [None, 4])
-        sch.reorder(n, h, wo, oo, ro, wi, ok, ov, ri)
+        sch.reorder(n, h, wo, oo, *outer_red, ro, wi, ok, ov, ri)
         sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
         vectorize_tail(sch, epilogue, tile)
         parallel_rows(sch, n, h, wo, oo, params)
-        channel_tiles = sch.get_loops(main)[-6]  # oo, unless fused into the parallel loop
+        channel_tiles = sch.get_loops(main)[-6 - len(outer_red)]  # oo, unless in the parallel loop
         if sch.get(channel_tiles).kind != tirx.ForKind.PARALLEL:
             partition_padded_tiles(sch, main, epilogue, channel_tiles)
-        init = sch.decompose_reduction(main, ro)
+        init = sch.decompose_reduction(main, (outer_red or [ro])[0])
         vectorize_tail(sch, init, tile)
         sch.tensorize(ov, dot.name)
         sch.unroll(wi)
         sch.unroll(ok)
+        if before:
+            _schedule_padded_rows(sch, blocks[PAD])
         return sch
+
+
+def _schedule_padded_rows(sch: s_tir.Schedule, block) -> None:
+    """The dense conv's padded input rows (flat, ``[N, H', W'·C]``): rows in parallel, and the
+    byte loop split at the padding by TVM's LoopPartition, so that each row's interior is one
+    unconditional contiguous copy (which LLVM vectorizes)."""
+    *rows, byte = sch.get_loops(block)
+    sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
+    sch.annotate(byte, "pragma_loop_partition_hint", 1)

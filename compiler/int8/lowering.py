@@ -63,7 +63,7 @@ class QuantizedStats:
     gate: int = 0  # squeeze-and-excitation gate multiplies
     mean: int = 0  # global average pools
     max_pool: int = 0
-    packed: int = 0  # pointwise and linear ones on the target's u8·s8 dot instruction
+    packed: int = 0  # pointwise, linear and dense ones on the target's u8·s8 dot instruction
     float_exact: int = 0  # units off it summed in fp32, exactly (ops.float_exact)
     left_to_tvm: int = 0  # quantized convs no operator takes (grouped, channel multiplier > 1)
     functions: dict = field(default_factory=dict)
@@ -238,9 +238,19 @@ class _Lowering(FuncEmitter):
         """Whether the pointwise weights go into the dot intrinsic's panels: the target has
         one, the input is unsigned and stays within the instruction's exact range (channels the
         4 × L panel does not divide are padded: :func:`ops.pointwise_packed`)."""
-        if self.dot is None or q.x.dtype != "uint8" or c < 4:
+        return c >= 4 and self._on_dot(q)
+
+    def _on_dot(self, q) -> bool:
+        """The target has a dot instruction and the unit's input stays within its exact range
+        (unsigned; 0…127 unless the dot takes the full u8 range)."""
+        if self.dot is None or q.x.dtype != "uint8":
             return False
         return self.dot.full_range or self._x_max(q) <= 127
+
+    def _packs_conv(self, q, p) -> bool:
+        """Whether a dense conv runs on the dot as a GEMM over its window rows
+        (:func:`ops.conv_packed`): any channel count, no dilation."""
+        return p.dilation == (1, 1) and self._on_dot(q)
 
     def unit(self, q: QuantizedConvMatch | None) -> relax.Expr | None:
         if q is None:
@@ -250,6 +260,7 @@ class _Lowering(FuncEmitter):
             self.stats.left_to_tvm += 1
             return None
         packed = p.groups == 1 and p.is_pointwise and self._packs(q, p.x_shape[1])
+        packed_conv = p.groups == 1 and not p.is_pointwise and self._packs_conv(q, p)
         wq = q.wq.value.numpy()  # O, I/groups, KH, KW
         o = wq.shape[0]
         if p.is_depthwise and p.multiplier == 1:
@@ -274,6 +285,13 @@ class _Lowering(FuncEmitter):
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
         if packed:
             acc, wps, wargs = self._packed(xp, weights, o)
+        elif packed_conv:
+            x = relax.op.memory.view(x, (n, h, w * c))  # no copy: NHWC is flat rows already
+            xp = te_placeholder((n, h, w * c), q.x.dtype, "xq")
+            panels = ops.pack_conv(weights, self.dot.lanes)
+            wps, wargs = [te_placeholder(panels.shape, "int8", "wq")], [relax.const(panels)]
+            acc = ops.conv_packed(xp, wps[0], (n, h, w, c), p.kernel, p.stride, p.padding, zx, o)
+            self.stats.packed += 1
         else:
             wps, wargs = (
                 [te_placeholder(weights.shape, str(weights.dtype), "wq")],

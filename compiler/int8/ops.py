@@ -23,7 +23,7 @@ import numpy as np
 from tvm import te, tirx
 
 from sepconv.compiler.sepconv_ops import out_size, pad_nhwc
-from sepconv.schedules.block_names import CONV, DW, PW, PW_CROP
+from sepconv.schedules.block_names import CONV, DW, PAD, PW, PW_CROP, USEFUL_MACS
 
 I32, F32 = "int32", "float32"
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127)}
@@ -166,6 +166,79 @@ def pack_pointwise(w_co: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray
     tail = np.zeros((c % 4, o_pad), np.int8)
     tail[:, :o] = w_co[whole:]
     return np.ascontiguousarray(panels), tail if c % 4 else None
+
+
+def window_row(kernel_w: int, channels: int) -> int:
+    """Bytes of one kernel row of a dense conv's window in the dot's reduction: the KW·C
+    contiguous NHWC bytes, rounded up to whole blocks of 4 (:func:`conv_packed`)."""
+    return -(-kernel_w * channels // 4) * 4
+
+
+def conv_packed(
+    xflat: te.Tensor,
+    wp: te.Tensor,
+    in_shape: tuple[int, int, int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    x_zero_point: int,
+    channels: int,
+) -> te.Tensor:
+    """A dense conv (the stem: 3 input channels) as a GEMM on the dot instruction.
+
+    In NHWC one kernel row of the window, KW pixels × C channels, is KW·C contiguous bytes of
+    the padded input row. The reduction runs over KH rows × :func:`window_row` bytes — 3 × 12
+    for a 3×3 stem, whose 27 products would otherwise give the dot's blocks of 4 no channel
+    axis to run along —, the bytes past KW·C meeting zero weights (:func:`pack_conv`).
+
+    ``xflat`` is the NHWC input viewed flat, ``[N, H, W·C]``. The padded rows (``PAD``, with
+    the zero point, and on the right as many more pixels as the last window's extra bytes
+    reach) are a real buffer, since the dot broadcasts 4 bytes of it; flat, the padding is a
+    condition on the byte index alone and each row's interior a contiguous copy."""
+    n, h, w, c = in_shape
+    kh, kw = kernel
+    top, left, bottom, right = pad
+    row = window_row(kw, c)
+    oh = out_size(h, kh, stride[0], top, bottom, 1)
+    ow = out_size(w, kw, stride[1], left, right, 1)
+    width = max(w + left + right, (ow - 1) * stride[1] + -(-row // c))
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731 — Relax's dims (FuseTIR)
+    zero = tirx.const(x_zero_point, xflat.dtype)
+
+    def padded(i, y, f):
+        inside = tirx.all(y >= top, y < h + top, f >= left * c, f < (w + left) * c)
+        return tirx.if_then_else(inside, xflat[i, y - top, f - left * c], zero)
+
+    rows = te.compute((i64(n), i64(h + top + bottom), i64(width * c)), padded, name=PAD)
+    rh = te.reduce_axis((0, i64(kh)), "kh")
+    rj = te.reduce_axis((0, i64(row)), "rj")
+    lanes = int(wp.shape[2])
+    acc = te.compute(
+        (i64(n), i64(oh), i64(ow), wp.shape[0] * wp.shape[2]),
+        lambda i, y, z, o: te.sum(
+            _i32(rows[i, y * stride[0] + rh, z * (stride[1] * c) + rj])
+            * _i32(wp[o // lanes, rh * (row // 4) + rj // 4, o % lanes, rj % 4]),
+            axis=[rh, rj],
+        ),
+        name=CONV,
+        attrs={USEFUL_MACS: n * oh * ow * channels * kh * kw * c},
+    )
+    if channels == int(wp.shape[0]) * lanes:
+        return acc
+    return te.compute((i64(n), i64(oh), i64(ow), i64(channels)), lambda *i: acc[i], name=PW_CROP)
+
+
+def pack_conv(w_hwio: np.ndarray, lanes: int) -> np.ndarray:
+    """``[KH, KW, C, O]`` int8 weights → the panels of :func:`conv_packed`: each kernel row's
+    KW·C weights zero-padded to :func:`window_row`, then packed as a pointwise conv's
+    ``[KH·row, O]`` (:func:`pack_pointwise`)."""
+    kh, kw, c, o = w_hwio.shape
+    row = window_row(kw, c)
+    w = np.zeros((kh, row, o), np.int8)
+    w[:, : kw * c] = w_hwio.reshape(kh, kw * c, o)
+    panels, tail = pack_pointwise(w.reshape(kh * row, o), lanes)
+    assert tail is None  # whole blocks of 4 by construction
+    return panels
 
 
 def quantize_expr(y, out: QParams):

@@ -58,12 +58,44 @@ def test_tensorizes_on_the_targets_dot_instruction(target, lanes, instruction):
     assert "zmm" in asm if lanes == 16 else "ymm" in asm
 
 
+def _stem(hw: int, c: int, o: int, lanes: int, stride: int = 2):
+    """A 3×3, pad-1 dense conv on the dot (ops.conv_packed): flat input rows, packed panels."""
+    xq = te_placeholder((1, hw, hw * c), "uint8", "xq")
+    wq = te_placeholder((-(-o // lanes), 3 * ops.window_row(3, c) // 4, lanes, 4), "int8", "wq")
+    acc = ops.conv_packed(xq, wq, (1, hw, hw, c), (3, 3), (stride, stride), (1, 1, 1, 1), 7, o)
+    out = te.compute(acc.shape, lambda *i: acc(*i) + 1, name="epilogue")
+    return te.create_prim_func([xq, wq, out])
+
+
+@pytest.mark.parametrize(
+    "target, lanes, instruction",
+    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
+    ids=["avx2", "avx512", "vnni"],
+)
+def test_dense_conv_tensorizes_over_its_window_rows(target, lanes, instruction):
+    """The stem (3 channels, 3×3, stride 2; 24 outputs: padded panels) on the same dot, its
+    padded rows copied in parallel, their padding split off by LoopPartition."""
+    sch = Int8Pointwise().apply(_stem(16, 3, 24, lanes), target, False)
+    assert sch is not None
+    script = sch.mod.script()
+    assert "T.parallel" in script and "pragma_loop_partition_hint" in script
+    assert instruction in _asm(sch, target)
+
+
+def test_dense_conv_costs_count_the_real_macs():
+    """Its reduction runs over 3 × 12 bytes per output, 27 of them real; 24 of 32 channels."""
+    from sepconv.compiler.costs import primfunc_cost
+
+    assert primfunc_cost(_stem(16, 3, 24, 16)).macs == 8 * 8 * 24 * 27
+
+
 @pytest.mark.parametrize("target, lanes", [(AVX2, 8), (VNNI, 16)], ids=["avx2", "vnni"])
 def test_the_dot_kernels_allocate_no_workspace(target, lanes):
     """The intrinsic's operands are one expression: named values in TVMScript are local
     buffers, which under the parallel loop were workspaces allocated and freed per task."""
-    sch = Int8Pointwise().apply(_pointwise(14, 32, 2 * lanes, lanes), target, False)
-    assert "TVMBackendAllocWorkspace" not in _asm(sch, target)
+    for func in (_pointwise(14, 32, 2 * lanes, lanes), _stem(16, 3, 32, lanes)):
+        sch = Int8Pointwise().apply(func, target, False)
+        assert "TVMBackendAllocWorkspace" not in _asm(sch, target)
 
 
 def test_declines_unpacked_weights_and_targets_without_a_dot():
@@ -130,3 +162,34 @@ def test_exact_integer_sum_at_the_edges_of_the_exact_range(pixels, c, o):
         lib["main"](tvm.runtime.tensor(x), *weights, out)
         expect = x.reshape(pixels, c).astype(np.int64) @ w.astype(np.int64) + 1
         np.testing.assert_array_equal(out.numpy().reshape(pixels, o), expect)
+
+
+@pytest.mark.parametrize("hw, c, o, stride", [(16, 3, 32, 2), (15, 3, 24, 2), (9, 8, 16, 1)])
+def test_dense_conv_exact_integer_sum(hw, c, o, stride):
+    """The window-row GEMM against numpy's integer conv (zero point 7 in the padding), at the
+    ends of the exact range: bytes past KW·C and the extra right pixel meet zero weights."""
+    target = host_target()
+    require_runs_here(target)
+    from sepconv.schedules.target_params import target_features
+
+    dot = dot_intrinsic(target_features(target))
+    if dot is None:
+        pytest.skip("this host has no u8·s8 dot instruction the rule uses")
+    sch = Int8Pointwise().apply(_stem(hw, c, o, dot.lanes, stride), target, False)
+    lib = tvm.compile(
+        tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=target
+    )
+    rng = np.random.default_rng(0)
+    oh = (hw + 2 - 3) // stride + 1
+    for x_fill, w_fill in ((127, -128), (127, 127), (None, None)):
+        xs, ws = (hw, hw, c), (3, 3, c, o)
+        x = rng.integers(0, 128, xs) if x_fill is None else np.full(xs, x_fill)
+        w = rng.integers(-128, 128, ws) if w_fill is None else np.full(ws, w_fill)
+        x, w = x.astype(np.uint8), w.astype(np.int8)
+        out = tvm.runtime.tensor(np.zeros((1, oh, oh, o), np.int32))
+        panels = tvm.runtime.tensor(ops.pack_conv(w, dot.lanes))
+        lib["main"](tvm.runtime.tensor(x.reshape(1, hw, hw * c)), panels, out)
+        xp = np.pad(x.astype(np.int64), ((1, 1), (1, 1), (0, 0)), constant_values=7)
+        win = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(0, 1))[::stride, ::stride]
+        expect = np.einsum("yxcij,ijco->yxo", win, w.astype(np.int64)) + 1
+        np.testing.assert_array_equal(out.numpy()[0], expect)

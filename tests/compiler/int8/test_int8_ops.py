@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
-from tvm import relax
+from tvm import relax, te
 
 from sepconv.compiler.artifact import TensorInfo
 from sepconv.compiler.build import build
@@ -302,6 +302,64 @@ def test_channels_the_panels_do_not_divide_stay_on_the_dot(unit: Unit, host):
     assert_close(got, ref)
 
 
+# Dense convs on the dot, their window rows as the reduction (ops.conv_packed): rows of KW·C
+# bytes that 4 does not divide (9 → 12, 15 → 16), an output width whose last window reaches
+# past the padding, ShuffleNetV2's 24-channel stem (padded panels, cropped), stride 1 and a
+# residual. Narrow inputs, so that AVX2's pairs take them too.
+DOT_CONV_UNITS = [
+    Unit("dense", 3, 24, 16, 3, 2, "relu", narrow=True),
+    Unit("dense", 3, 16, 15, 3, 2, "hswish", narrow=True),
+    Unit("dense", 3, 16, 9, 5, 2, "silu", narrow=True),
+    Unit("dense", 8, 16, 8, 3, 1, "relu6", narrow=True),
+    Unit("dense", 16, 32, 6, 3, 1, "none", residual=True, narrow=True),
+]
+
+
+@pytest.mark.parametrize("unit", DOT_CONV_UNITS, ids=[u.id for u in DOT_CONV_UNITS])
+def test_dense_convs_run_on_the_dot_over_their_window_rows(unit: Unit, host):
+    from sepconv.schedules.int8_intrinsics import dot_intrinsic
+    from sepconv.schedules.target_params import target_features
+
+    if dot_intrinsic(target_features(host)) is None:
+        pytest.skip("the host has no u8·s8 dot instruction")
+    got, ref, stats = run_unit(unit, _data(unit), host)
+    assert_lowered(unit, stats)
+    assert stats.sepconv_ops["int8"].get("packed") == 1, stats.sepconv_ops
+    assert_close(got, ref)
+
+
+def test_conv_packing_pads_each_window_row_to_whole_blocks():
+    """pack_conv's panels hold every weight once, each kernel row's KW·C weights followed by
+    zeros up to the block of 4."""
+    from sepconv.compiler.int8.ops import pack_conv, window_row
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (3, 3, 3, 24)).astype(np.int8)  # HWIO, the 3×3 stem
+    panels = pack_conv(w, 16)
+    assert window_row(3, 3) == 12 and panels.shape == (2, 9, 16, 4)
+    flat = panels.transpose(1, 3, 0, 2).reshape(3, 12, 32)  # [kh, byte of the row, o]
+    np.testing.assert_array_equal(flat[:, :9, :24], w.reshape(3, 9, 24))
+    assert not flat[:, 9:].any() and not flat[:, :, 24:].any()
+
+
+@pytest.mark.parametrize(
+    "hw, stride, channels, width",
+    [(15, 2, 3, 18), (224, 2, 3, 226), (16, 1, 3, 19), (15, 1, 8, 17)],
+)
+def test_padded_rows_reach_as_far_as_the_last_window_reads(hw, stride, channels, width):
+    """The last window of a 3×3, pad-1 conv reads window_row bytes from its first pixel: past
+    the conv's own padding when 4 does not divide 3·C and the window starts late enough
+    (15 wide, stride 2: pixel 14 + 4 pixels of 3 channels > 17), not when it ends on it (224),
+    or when 3·C is whole blocks (8 channels: 24 bytes)."""
+    from sepconv.compiler.int8.ops import conv_packed, window_row
+
+    x = te.placeholder((1, hw, hw * channels), "uint8", "xq")
+    w = te.placeholder((1, 3 * window_row(3, channels) // 4, 16, 4), "int8", "wq")
+    acc = conv_packed(x, w, (1, hw, hw, channels), (3, 3), (stride, stride), (1, 1, 1, 1), 0, 16)
+    rows = acc.op.input_tensors[0]
+    assert [int(d) for d in rows.shape] == [1, hw + 2, width * channels]
+
+
 def test_float_exact_bound():
     from sepconv.compiler.int8.ops import float_exact
 
@@ -329,6 +387,7 @@ EDGE_UNITS = [
     Unit("pointwise", 32, 16, 6, act="none"),
     Unit("pointwise", 32, 32, 6, act="none", narrow=True),  # the packed path, where there is one
     Unit("dense", 3, 16, 12, 3, 2, "none"),
+    Unit("dense", 3, 16, 12, 3, 2, "none", narrow=True),  # on the dot on AVX2 hosts too
 ]
 FILLS = [(0, 127), (0, -128), (255, -128), (255, 127)]
 SATURATING = [(255, 127), (255, -128)]  # the largest positive and negative accumulators

@@ -31,11 +31,20 @@ def quantized(tmp_path_factory):
     return ep, art.path
 
 
-def _stem_weight(model) -> int:
-    """Index of the stem conv's int8 weights [3, 3, 3, O] among the model's params (the
-    linear's packed panels [O/L, C/4, L, 4] are int8 and 4-D too)."""
-    found = [i for i, p in enumerate(model._params)
-             if str(p.dtype) == "int8" and tuple(p.shape[:3]) == (3, 3, 3)]  # fmt: skip
+def _stem_weight(model) -> tuple[int, tuple]:
+    """Index of the stem conv's int8 weights among the model's params, and the index of its
+    output channel 0 in them: HWIO [3, 3, 3, O], or on a dot instruction the packed panels
+    [O/L, 3 rows · 12 bytes / 4, L, 4] (ops.pack_conv; the other convs' and the linear's panels
+    have 8 / 4 = 2 blocks)."""
+    found = []
+    for i, p in enumerate(model._params):
+        shape = tuple(p.shape)
+        if str(p.dtype) != "int8" or len(shape) != 4:
+            continue
+        if shape[:3] == (3, 3, 3):
+            found.append((i, (..., 0)))
+        elif shape[1] == 9 and shape[3] == 4:
+            found.append((i, (0, slice(None), 0, slice(None))))
     assert len(found) == 1, [tuple(p.shape) for p in model._params]
     return found[0]
 
@@ -60,10 +69,10 @@ def test_every_operator_matches_on_the_references_inputs(quantized):
 def test_a_corrupted_operator_is_named_and_fails_validation(quantized):
     ep, path = quantized
     model = sepconv.load(path)
-    i = _stem_weight(model)
+    i, channel0 = _stem_weight(model)
     w = model._params[i].numpy()
     bad = w.copy()
-    bad[..., 0] = np.clip(bad[..., 0].astype(np.int32) + 3, -127, 127).astype(np.int8)
+    bad[channel0] = np.clip(bad[channel0].astype(np.int32) + 3, -127, 127).astype(np.int8)
     model._params[i].copyfrom(bad)  # output channel 0 of the stem conv now computes wrongly
     check = oc.check_operators(model, ep, seeded_inputs(model.inputs, 0))
     assert check.passed is False
