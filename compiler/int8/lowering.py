@@ -33,6 +33,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from sepconv.compiler.channels_last import TO_NCHW, TO_NHWC, propagate_channels_last
 from sepconv.compiler.int8 import ops
 from sepconv.compiler.patterns import (
+    Act,
     QuantizedConvMatch,
     QuantizedConvPattern,
     QuantizedGatePattern,
@@ -46,6 +47,9 @@ from sepconv.compiler.patterns import (
 from sepconv.compiler.separable import FuncEmitter, te_activation, te_placeholder
 
 log = logging.getLogger(__name__)
+
+CLAMPS = ("relu", "relu6", "clamp")  # activations that only bound the value
+NO_ACT = Act("none")
 
 _FUNC_NAMES = {
     "depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv",
@@ -315,9 +319,15 @@ class _Lowering(FuncEmitter):
             placeholders.append(rp)
             args.append(relax.op.permute_dims(rq, TO_NHWC))
             residual = (rp, ops.QParams(float(rparam.scale), int(rparam.zero_point), rparam.dtype))
+        act, act2 = q.act, q.act2 if q.residual is not None else None
+        last = act if act2 is None else act2
+        folded = ops.fold_clamp(out_q, last.lo, last.hi) if last.kind in CLAMPS else None
+        if folded is not None:  # the clamp is the output's integer bounds (exactly)
+            out_q = folded
+            act, act2 = (NO_ACT, None) if act2 is None else (act, NO_ACT)
         y = ops.requantize(
-            acc, cp, sp, bp, te_activation(q.act), out_q, residual,
-            te_activation(q.act2) if q.residual is not None else None,
+            acc, cp, sp, bp, te_activation(act), out_q, residual,
+            None if act2 is None else te_activation(act2),
         )  # fmt: skip
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)
         call = self.emit(_FUNC_NAMES[kind], placeholders, y, args)

@@ -250,6 +250,27 @@ def quantize_expr(y, out: QParams):
     return q.astype(out.dtype)
 
 
+def fold_clamp(out: QParams, lo: float, hi: float) -> QParams | None:
+    """``out`` with an activation's clamp to [lo, hi] (ReLU, ReLU6) moved into its integer
+    bounds, or None where that would not give the same bytes.
+
+    Quantizing, g(t) = round(t · (1/s)) + z, never decreases as t grows (a float32 product
+    by a positive constant and rounding both keep order), so g(clamp(t, lo, hi)) =
+    clamp(g(t), g(lo), g(hi)) exactly: the epilogue's two float compares become the
+    clamp it does anyway."""
+    inv = np.float32(1.0 / out.scale)  # as quantize_expr's constant
+
+    def g(t: float) -> int:
+        return int(np.round(np.float32(t) * inv)) + out.zero_point  # half to even, as the kernel
+
+    q_lo, q_hi = out.bounds
+    new_lo = q_lo if lo == -float("inf") else max(q_lo, g(lo))
+    new_hi = q_hi if hi == float("inf") else min(q_hi, g(hi))
+    if not inv > 0 or new_lo > new_hi:
+        return None
+    return QParams(out.scale, out.zero_point, out.dtype, new_lo, new_hi)
+
+
 def dequantize_expr(q, p: QParams):
     """(q − z) · s in float32, as torch's dequantize_per_tensor."""
     return (q.astype(F32) - tirx.const(float(p.zero_point), F32)) * tirx.const(float(p.scale), F32)

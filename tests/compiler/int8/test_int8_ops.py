@@ -360,6 +360,41 @@ def test_padded_rows_reach_as_far_as_the_last_window_reads(hw, stride, channels,
     assert [int(d) for d in rows.shape] == [1, hw + 2, width * channels]
 
 
+@pytest.mark.parametrize(
+    "scale, zero_point, lo, hi",
+    [
+        (6 / 255, 0, 0.0, 6.0),
+        (0.05, 17, 0.0, float("inf")),
+        (0.013, 128, -1.0, 1.0),
+        (0.1, 3, 0.0, 6.0),
+    ],
+)
+def test_an_activations_clamp_folds_into_the_output_bounds(scale, zero_point, lo, hi):
+    """quantize(clamp(t)) and the output clamp narrowed to quantize(lo), quantize(hi) give the
+    same bytes: on random values and on every rounding tie in range (t = (k + ½)·s)."""
+    from sepconv.compiler.int8.ops import QParams, fold_clamp
+
+    out = QParams(scale, zero_point, "uint8")
+    folded = fold_clamp(out, lo, hi)
+    assert folded is not None
+    inv = np.float32(1.0 / scale)
+    ties = (np.arange(-400, 400) + 0.5) * scale
+    t = np.concatenate([np.random.default_rng(0).normal(0, 5, 100_000), ties, [lo, hi, 0.0]])
+    t = t[np.isfinite(t)].astype(np.float32)
+
+    def quantize(v, bounds):
+        return np.clip(np.round(v * inv) + zero_point, *bounds)
+
+    expect = quantize(np.clip(t, np.float32(lo), np.float32(hi)), out.bounds)
+    np.testing.assert_array_equal(quantize(t, folded.bounds), expect)
+
+
+def test_a_clamp_outside_the_output_range_is_not_folded():
+    from sepconv.compiler.int8.ops import QParams, fold_clamp
+
+    assert fold_clamp(QParams(0.01, 0, "uint8"), 10.0, 20.0) is None  # all of it above 255
+
+
 def test_float_exact_bound():
     from sepconv.compiler.int8.ops import float_exact
 
