@@ -242,11 +242,18 @@ def pack_conv(w_hwio: np.ndarray, lanes: int) -> np.ndarray:
 
 
 def quantize_expr(y, out: QParams):
-    """clip(round(y · (1/s)) + z): torch's quantize_per_tensor (multiply by the inverse)."""
+    """clip(round(y · (1/s)) + z): torch's quantize_per_tensor (multiply by the inverse).
+
+    Clamped first, to the bounds less z (integers, so clamping and rounding commute), then
+    rounded and converted in one instruction (``llvm.lrint``: ``vcvtps2dq`` on x86, in the
+    default round-to-nearest-even mode, torch's half to even), then z added as an integer."""
     lo, hi = out.bounds
-    inv = tirx.const(float(1.0 / out.scale), F32)
-    q = tirx.round(y * inv) + tirx.const(float(out.zero_point), F32)
-    q = tirx.max(tirx.min(q, tirx.const(float(hi), F32)), tirx.const(float(lo), F32))
+    z = out.zero_point
+    t = y * tirx.const(float(1.0 / out.scale), F32)
+    t = tirx.max(tirx.min(t, tirx.const(float(hi - z), F32)), tirx.const(float(lo - z), F32))
+    q = tirx.call_llvm_pure_intrin(I32, "llvm.lrint", t)
+    if z:
+        q = q + tirx.const(z, I32)
     return q.astype(out.dtype)
 
 
