@@ -25,6 +25,8 @@ matching dot (the lowering packs only then), so the fp32 rules never see these f
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -80,13 +82,19 @@ class Int8Pointwise(CpuRule):
         wo, wi = sch.split(w, [None, tile.p])
         oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
         ro, ri = sch.split(rc, [None, 4])
-        sch.reorder(n, h, wo, oo, *outer_red, ro, wi, ok, ov, ri)
-        sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
-        vectorize_tail(sch, epilogue, tile)
-        parallel_rows(sch, n, h, wo, oo, params)
-        channel_tiles = sch.get_loops(main)[-6 - len(outer_red)]  # oo, unless in the parallel loop
-        if sch.get(channel_tiles).kind != tirx.ForKind.PARALLEL:
-            partition_padded_tiles(sch, main, epilogue, channel_tiles)
+        if _weights_outweigh_the_map(sch, main, epilogue, tile, params):
+            sch.reorder(oo, n, h, wo, ro, wi, ok, ov, ri)
+            sch.reverse_compute_at(epilogue, wo, preserve_unit_loops=True)
+            vectorize_tail(sch, epilogue, tile)
+            sch.parallel(sch.fuse(oo, n, h))
+        else:
+            sch.reorder(n, h, wo, oo, *outer_red, ro, wi, ok, ov, ri)
+            sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
+            vectorize_tail(sch, epilogue, tile)
+            parallel_rows(sch, n, h, wo, oo, params)
+            channel_tiles = sch.get_loops(main)[-6 - len(outer_red)]  # oo, unless parallel
+            if sch.get(channel_tiles).kind != tirx.ForKind.PARALLEL:
+                partition_padded_tiles(sch, main, epilogue, channel_tiles)
         init = sch.decompose_reduction(main, (outer_red or [ro])[0])
         vectorize_tail(sch, init, tile)
         sch.tensorize(ov, dot.name)
@@ -95,6 +103,21 @@ class Int8Pointwise(CpuRule):
         if before:
             _schedule_padded_rows(sch, blocks[PAD])
         return sch
+
+
+def _weights_outweigh_the_map(sch, main, epilogue, tile, params) -> bool:
+    """Whether each task should own a panel of output channels and run every pixel against it
+    (the fp32 GEMM's ``channels_outer``): a pointwise conv whose weights (C·O bytes) outweigh
+    its input map (M·C: late layers, 7×7 maps with 512–1024 channels), so that a panel is read
+    from memory once instead of once per row. Not for padded panels (their last channel tile is
+    peeled, outside the parallel loop) or too few panels to share among the cores."""
+    *rows, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
+    stored = int(sch.get(epilogue).writes[0].source.shape[-1])
+    reduction = len([iv for iv in sch.get(main).iter_vars if iv.iter_type == 2])
+    pixels = math.prod(rows)
+    panels = channels // tile.channels
+    unpadded = stored == channels
+    return reduction == 1 and unpadded and channels > pixels and panels >= params.num_cores
 
 
 def _schedule_padded_rows(sch: s_tir.Schedule, block) -> None:

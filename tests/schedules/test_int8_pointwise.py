@@ -98,6 +98,23 @@ def test_the_dot_kernels_allocate_no_workspace(target, lanes):
         assert "TVMBackendAllocWorkspace" not in _asm(sch, target)
 
 
+@pytest.mark.parametrize(
+    "pixels, c, o, panels_outer",
+    [(49, 1024, 1024, True), (8, 128, 64, True), (784, 128, 128, False), (49, 58, 58, False)],
+)
+def test_late_layers_give_each_task_a_panel_of_output_channels(pixels, c, o, panels_outer):
+    """Where the weights outweigh the map (7×7 with 1024 channels) the parallel loop runs
+    over channel panels first, so a panel is read once for every pixel, not once per row;
+    a 28×28 map of 128 channels keeps rows outermost, and padded panels (58) keep their peeled
+    last tile."""
+    sch = Int8Pointwise().apply(_pointwise(pixels, c, o, 16), VNNI, False)
+    assert sch is not None
+    parallel = [lp for lp in sch.get_loops(sch.get_sblock("sepconv_pw_update_o"))
+                if sch.get(lp).kind == tvm.tirx.ForKind.PARALLEL]  # fmt: skip
+    assert len(parallel) == 1
+    assert sch.get(parallel[0]).loop_var.name.startswith("o_0") == panels_outer, sch.mod.script()
+
+
 def test_declines_unpacked_weights_and_targets_without_a_dot():
     assert Int8Pointwise().apply(_pointwise(14, 32, 16, 8, packed=False), AVX2, False) is None
     sse = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64"})
