@@ -371,7 +371,8 @@ def test_padded_rows_reach_as_far_as_the_last_window_reads(hw, stride, channels,
 )
 def test_an_activations_clamp_folds_into_the_output_bounds(scale, zero_point, lo, hi):
     """quantize(clamp(t)) and the output clamp narrowed to quantize(lo), quantize(hi) give the
-    same bytes: on random values and on every rounding tie in range (t = (k + ½)·s)."""
+    same bytes: on random values and on values at or next to every rounding tie in range
+    (t = (k + ½)·s, in float32)."""
     from sepconv.compiler.int8.ops import QParams, fold_clamp
 
     out = QParams(scale, zero_point, "uint8")
