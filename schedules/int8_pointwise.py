@@ -25,8 +25,6 @@ matching dot (the lowering packs only then), so the fp32 rules never see these f
 
 from __future__ import annotations
 
-import math
-
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -35,6 +33,7 @@ from .block_names import CONV, DW, PAD, PW
 from .int8_intrinsics import dot_intrinsic
 from .nhwc_tile import (
     choose_tile,
+    gemm_dims,
     named_blocks,
     output_epilogue,
     parallel_rows,
@@ -82,7 +81,7 @@ class Int8Pointwise(CpuRule):
         wo, wi = sch.split(w, [None, tile.p])
         oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
         ro, ri = sch.split(rc, [None, 4])
-        if _weights_outweigh_the_map(sch, main, epilogue, tile, params):
+        if not outer_red and _weights_outweigh_the_map(sch, main, epilogue, tile, params):
             sch.reorder(oo, n, h, wo, ro, wi, ok, ov, ri)
             sch.reverse_compute_at(epilogue, wo, preserve_unit_loops=True)
             vectorize_tail(sch, epilogue, tile)
@@ -111,13 +110,10 @@ def _weights_outweigh_the_map(sch, main, epilogue, tile, params) -> bool:
     its input map (M·C: late layers, 7×7 maps with 512–1024 channels), so that a panel is read
     from memory once instead of once per row. Not for padded panels (their last channel tile is
     peeled, outside the parallel loop) or too few panels to share among the cores."""
-    *rows, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
-    stored = int(sch.get(epilogue).writes[0].source.shape[-1])
-    reduction = len([iv for iv in sch.get(main).iter_vars if iv.iter_type == 2])
-    pixels = math.prod(rows)
+    pixels, _, channels = gemm_dims(sch, main)
+    unpadded = int(sch.get(epilogue).writes[0].source.shape[-1]) == channels
     panels = channels // tile.channels
-    unpadded = stored == channels
-    return reduction == 1 and unpadded and channels > pixels and panels >= params.num_cores
+    return unpadded and channels > pixels and panels >= params.num_cores
 
 
 def _schedule_padded_rows(sch: s_tir.Schedule, block) -> None:

@@ -158,6 +158,14 @@ def _out_params(out, bounds: tuple[float, float]) -> ops.QParams:
     )  # fmt: skip
 
 
+def _weight_args(arrays: list[np.ndarray]) -> tuple[list, list]:
+    """A unit's weights as its PrimFunc's placeholders and the constants passed for them (the
+    packed panels, then the rows that do not fill one)."""
+    names = ("wq", "wq_tail")
+    wps = [te_placeholder(a.shape, str(a.dtype), nm) for a, nm in zip(arrays, names)]
+    return wps, [relax.const(a) for a in arrays]
+
+
 class _Lowering(FuncEmitter):
     def __init__(self, mod, dot=None):
         super().__init__(mod)
@@ -177,7 +185,7 @@ class _Lowering(FuncEmitter):
         if self._packs(q, c):
             acc, wps, wargs = self._packed(xp, weights, o)
         else:
-            wps, wargs = [te_placeholder(weights.shape, "int8", "wq")], [relax.const(weights)]
+            wps, wargs = _weight_args([weights])
             acc = ops.accumulate(xp, wps[0], (1, 1), (0, 0, 0, 0), (1, 1), 0, depthwise=False)
         scale, correction = _rescale(q.x, q.w, wq)
         bias = _f32(q.bias.value.numpy()).reshape(-1)
@@ -232,11 +240,12 @@ class _Lowering(FuncEmitter):
     def _packed(self, xp: te.Tensor, w_co: np.ndarray, o: int):
         """The accumulation over weights packed into the dot instruction's panels, and the
         weights' placeholders and constants (the panels, and the rows that do not fill one)."""
-        arrays = [a for a in ops.pack_pointwise(w_co, self.dot.lanes) if a is not None]
-        wps = [te_placeholder(a.shape, "int8", nm) for a, nm in zip(arrays, ("wq", "wq_tail"))]
+        wps, wargs = _weight_args(
+            [a for a in ops.pack_pointwise(w_co, self.dot.lanes) if a is not None]
+        )
         self.stats.packed += 1
         acc = ops.pointwise_packed(xp, wps[0], o, wps[1] if len(wps) > 1 else None)
-        return acc, wps, [relax.const(a) for a in arrays]
+        return acc, wps, wargs
 
     def _packs(self, q, c: int) -> bool:
         """Whether the pointwise weights go into the dot intrinsic's panels: the target has
@@ -292,15 +301,11 @@ class _Lowering(FuncEmitter):
         elif packed_conv:
             x = relax.op.memory.view(x, (n, h, w * c))  # no copy: NHWC is flat rows already
             xp = te_placeholder((n, h, w * c), q.x.dtype, "xq")
-            panels = ops.pack_conv(weights, self.dot.lanes)
-            wps, wargs = [te_placeholder(panels.shape, "int8", "wq")], [relax.const(panels)]
+            wps, wargs = _weight_args([ops.pack_conv(weights, self.dot.lanes)])
             acc = ops.conv_packed(xp, wps[0], (n, h, w, c), p.kernel, p.stride, p.padding, zx, o)
             self.stats.packed += 1
         else:
-            wps, wargs = (
-                [te_placeholder(weights.shape, str(weights.dtype), "wq")],
-                [relax.const(weights)],
-            )
+            wps, wargs = _weight_args([weights])
             acc = ops.accumulate(
                 xp, wps[0], p.stride, p.padding, p.dilation, zx, depthwise=kind == "depthwise"
             )
