@@ -17,7 +17,7 @@ KW·C contiguous input bytes, padded to blocks of 4 (``compiler/int8/ops.conv_pa
 dot reads 4 bytes of a padded input row where a pointwise conv reads 4 channels of a pixel; the
 padded rows (``sepconv_pad``, a real buffer in the same function) are copied first, in parallel.
 A 3×3 stem on 3 channels otherwise has no channel axis for the dot and ran as int32 vector
-multiplies at half the fp32 stem's speed.
+multiplies.
 
 Declines (None) unless the weights are packed ``[O/L, C/4, L, 4]`` int8 and the target has the
 matching dot (the lowering packs only then), so the fp32 rules never see these functions.
