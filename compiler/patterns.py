@@ -539,6 +539,7 @@ class QuantizedConvMatch:
     act2: Act  # after the residual add (Act("none") without one)
     out: QuantParam
     out_bounds: tuple[float, float]  # the integer clamp after quantize (±inf: the dtype's)
+    root: relax.Expr | None = None  # the matched value: the unit's quantize, or its clamp
 
 
 class QuantizedConvPattern:
@@ -595,12 +596,15 @@ class QuantizedConvPattern:
             residual, act2 = (m[self.rq], r), self.act2.read(m)
         if act is None or act2 is None:
             return None
-        bounds = self.clamp.bounds(m) if self.clamp.pattern in m else (-INF, INF)
+        clamped = self.clamp.pattern in m
+        bounds = self.clamp.bounds(m) if clamped else (-INF, INF)
         if bounds is None:
             return None
+        root = m[self.clamp.pattern] if clamped else m[self.quantize]
         return QuantizedConvMatch(
-            m[self.xq], x, conv, params, m[self.wq], w, bias, act, residual, act2, out, bounds
-        )
+            m[self.xq], x, conv, params, m[self.wq], w, bias, act, residual, act2, out, bounds,
+            root,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ register count and core count (:mod:`.target_params`), never copied per target:
 =========================  =================================================================
 rule                       takes
 =========================  =================================================================
+``Int8Pointwise``           our int8 pointwise, stem and fused depthwise → pointwise operators
+                            on packed weights: the GEMM tensorized on the target's u8·s8 dot
 ``FusedDepthwisePointwise`` our fused ``sepconv_dw → act → sepconv_pw`` operator (NHWC)
 ``SepconvDepthwise``        our ``sepconv_dw`` (NHWC depthwise, + epilogue)
 ``SepconvPointwise``        our ``sepconv_pw`` (NHWC 1×1 GEMM, + epilogue)

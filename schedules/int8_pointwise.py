@@ -19,6 +19,12 @@ padded rows (``sepconv_pad``, a real buffer in the same function) are copied fir
 A 3×3 stem on 3 channels otherwise has no channel axis for the dot and ran as int32 vector
 multiplies.
 
+The fused depthwise → pointwise operator (``sepconv_dw → sepconv_dw_act → sepconv_pw``: the int8
+lowering's ``sepconv_qdwpw``) takes the same GEMM tile; its depthwise half is tiled as
+``sepconv_dw`` is and computed inside each row task for the pixels that task's GEMM reads (the
+task never splits a row's channels, which would recompute them), or — where the weights outweigh
+the map, each task owning a weight panel — once, whole, in parallel before the GEMM.
+
 Declines (None) unless the weights are packed ``[O/L, C/4, L, 4]`` int8 and the target has the
 matching dot (the lowering packs only then), so the fp32 rules never see these functions.
 """
@@ -29,7 +35,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .base import CpuRule
-from .block_names import CONV, DW, PAD, PW
+from .block_names import CONV, DW, DW_ACT, PAD, PW
 from .int8_intrinsics import dot_intrinsic
 from .nhwc_tile import (
     choose_tile,
@@ -38,9 +44,16 @@ from .nhwc_tile import (
     output_epilogue,
     parallel_rows,
     partition_padded_tiles,
+    tile_output,
     vectorize_tail,
 )
+from .sepconv_dw import SepconvDepthwise
 from .target_params import cpu_params, target_features
+
+_BEFORE = {  # the blocks an operator's function may have in front of it
+    CONV: [[PAD]],  # the padded window rows
+    PW: [[], [DW, DW_ACT], [PAD, DW, DW_ACT]],  # alone, or the fused depthwise unit's
+}
 
 
 def _packed_weights(sch, block):
@@ -59,13 +72,14 @@ class Int8Pointwise(CpuRule):
             return None
         sch = s_tir.Schedule(func)
         blocks = named_blocks(sch)
-        if blocks is None or DW in blocks or (PW in blocks) == (CONV in blocks):
+        if blocks is None or (PW in blocks) == (CONV in blocks):
             return None
         op = PW if PW in blocks else CONV
         names = list(blocks)
         before = names[: names.index(op)]
-        if before != ([PAD] if op == CONV else []):
+        if before not in _BEFORE[op]:
             return None
+        fused = DW in before
         main = blocks[op]
         weights = _packed_weights(sch, main)
         dot = dot_intrinsic(target_features(target))
@@ -77,11 +91,15 @@ class Int8Pointwise(CpuRule):
         tile = choose_tile(out_w, channels, params, self.max_k)
         if tile.vec != dot.lanes:
             return None
+        if fused and PAD in blocks:
+            sch.compute_inline(blocks[PAD])
         n, h, w, o, *outer_red, rc = sch.get_loops(main)
         wo, wi = sch.split(w, [None, tile.p])
         oo, ok, ov = sch.split(o, [None, tile.k, tile.vec])
         ro, ri = sch.split(rc, [None, 4])
         if not outer_red and _weights_outweigh_the_map(sch, main, epilogue, tile, params):
+            if fused:  # the whole depthwise map first (7×7 or 14×14: ≤ 100 KB), in parallel
+                _tile_depthwise(sch, blocks[DW], blocks[DW_ACT], params, parallel=True)
             sch.reorder(oo, n, h, wo, ro, wi, ok, ov, ri)
             sch.reverse_compute_at(epilogue, wo, preserve_unit_loops=True)
             vectorize_tail(sch, epilogue, tile)
@@ -90,16 +108,22 @@ class Int8Pointwise(CpuRule):
             sch.reorder(n, h, wo, oo, *outer_red, ro, wi, ok, ov, ri)
             sch.reverse_compute_at(epilogue, oo, preserve_unit_loops=True)
             vectorize_tail(sch, epilogue, tile)
-            parallel_rows(sch, n, h, wo, oo, params)
+            # fused: each task owns whole rows of channels, or it would recompute the row's
+            # depthwise output once per part
+            row = parallel_rows(sch, n, h, wo, oo, params, split_channels=not fused)
             channel_tiles = sch.get_loops(main)[-6 - len(outer_red)]  # oo, unless parallel
             if sch.get(channel_tiles).kind != tirx.ForKind.PARALLEL:
                 partition_padded_tiles(sch, main, epilogue, channel_tiles)
+            if fused:  # the depthwise pixels this task's GEMM reads, computed in the task
+                sch.compute_at(blocks[DW_ACT], row, preserve_unit_loops=True)
+                sch.compute_at(blocks[DW], row, preserve_unit_loops=True)
+                _tile_depthwise(sch, blocks[DW], blocks[DW_ACT], params, parallel=False)
         init = sch.decompose_reduction(main, (outer_red or [ro])[0])
         vectorize_tail(sch, init, tile)
         sch.tensorize(ov, dot.name)
         sch.unroll(wi)
         sch.unroll(ok)
-        if before:
+        if op == CONV:
             _schedule_padded_rows(sch, blocks[PAD])
         return sch
 
@@ -114,6 +138,14 @@ def _weights_outweigh_the_map(sch, main, epilogue, tile, params) -> bool:
     unpadded = int(sch.get(epilogue).writes[0].source.shape[-1]) == channels
     panels = channels // tile.channels
     return unpadded and channels > pixels and panels >= params.num_cores
+
+
+def _tile_depthwise(sch, dw, act, params, parallel: bool) -> None:
+    """The fused operator's depthwise half, tiled as ``sepconv_dw`` is (the 8-bit map, its
+    requantization from the accumulators)."""
+    _, _, out_w, channels = (int(x) for x in sch.get(dw).writes[0].source.shape)
+    tile = choose_tile(out_w, channels, params, SepconvDepthwise.max_k)
+    tile_output(sch, dw, act, tile, params, parallel=parallel)
 
 
 def _schedule_padded_rows(sch: s_tir.Schedule, block) -> None:

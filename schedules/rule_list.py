@@ -64,8 +64,8 @@ def cpu_rules(target: Target | None = None) -> list:
     """
     del target
     return [
+        Int8Pointwise(),  # before the fp32 fused rule, which the int8 fused operator matches too
         FusedDepthwisePointwise(),
-        Int8Pointwise(),
         SepconvDepthwise(),
         SepconvPointwise(),
         SepconvConv(),

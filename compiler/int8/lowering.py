@@ -5,7 +5,10 @@
     lower_quantized     every QuantizedConvPattern unit ⇒ one integer operator, NHWC inside:
                         permute in → operator → permute out, weights repacked at compile time
                         (depthwise [KH,KW,C], pointwise [C,O], dense HWIO), int32 zero-point
-                        corrections and float32 rescales precomputed
+                        corrections and float32 rescales precomputed; a depthwise unit whose
+                        only consumer is a pointwise unit on the dot instruction becomes one
+                        operator with it (``sepconv_qdwpw``: its 8-bit map never leaves the
+                        operator — :mod:`sepconv.schedules.int8_pointwise`)
     cancel_permutes     permute → permute pairs that compose to the identity are dropped, so
                         consecutive operators hand NHWC 8-bit maps to each other
 
@@ -45,6 +48,7 @@ from sepconv.compiler.patterns import (
     static_shape,
 )
 from sepconv.compiler.separable import FuncEmitter, te_activation, te_placeholder
+from sepconv.schedules.block_names import DW_ACT
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ NO_ACT = Act("none")
 _FUNC_NAMES = {
     "depthwise": "sepconv_qdw", "pointwise": "sepconv_qpw", "dense": "sepconv_qconv",
     "linear": "sepconv_qlinear", "gate": "sepconv_qgate", "mean": "sepconv_qmean",
-    "max_pool": "sepconv_qmaxpool",
+    "max_pool": "sepconv_qmaxpool", "fused": "sepconv_qdwpw",
 }  # fmt: skip
 
 
@@ -68,6 +72,7 @@ class QuantizedStats:
     mean: int = 0  # global average pools
     max_pool: int = 0
     packed: int = 0  # pointwise, linear and dense ones on the target's u8·s8 dot instruction
+    fused: int = 0  # depthwise → pointwise pairs lowered as one operator (counted in both too)
     float_exact: int = 0  # units off it summed in fp32, exactly (ops.float_exact)
     left_to_tvm: int = 0  # quantized convs no operator takes (grouped, channel multiplier > 1)
     functions: dict = field(default_factory=dict)
@@ -166,12 +171,37 @@ def _weight_args(arrays: list[np.ndarray]) -> tuple[list, list]:
     return wps, [relax.const(a) for a in arrays]
 
 
+def _use_counts(func: relax.Function) -> dict:
+    """Var → how many bindings (and the function's result) use it."""
+    counts: dict = {}
+    values = [b.value for block in func.body.blocks for b in block.bindings]
+    for value in [*values, func.body.body]:
+        for v in relax.analysis.free_vars(value):
+            counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class _DepthwiseOutput:
+    """A lowered depthwise unit's TE (its placeholders, its 8-bit output, the arguments its call
+    passes): what a fused operator starts from."""
+
+    placeholders: list
+    y: te.Tensor
+    args: list
+
+
 class _Lowering(FuncEmitter):
-    def __init__(self, mod, dot=None):
+    def __init__(self, mod, dot=None, fuse: bool = True):
         super().__init__(mod)
         self.stats = QuantizedStats()
         self.dot = dot  # schedules.int8_intrinsics.DotIntrinsic, or None
         self.x_max = _clamped_max(mod["main"])
+        main = mod["main"]
+        self.var_of = {val: var for var, val in relax.analysis.get_var2val(main).items()}
+        self.uses = _use_counts(main)
+        self.fuse = fuse
+        self.depthwise_outputs: dict[relax.Var, _DepthwiseOutput] = {}
 
     def linear(self, q: QuantizedLinearMatch | None) -> relax.Expr | None:
         """A float-output linear as a 1×1 pointwise over [N, 1, 1, C]: the same kernels."""
@@ -296,6 +326,9 @@ class _Lowering(FuncEmitter):
         x = relax.op.permute_dims(q.xq, TO_NHWC)
         n, c, h, w = p.x_shape
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
+        producer = self._fused_producer(q) if packed else None
+        if producer is not None:  # the depthwise unit's output is this one's input, in-operator
+            xp, kind = producer.y, "fused"
         if packed:
             acc, wps, wargs = self._packed(xp, weights, o)
         elif packed_conv:
@@ -315,8 +348,9 @@ class _Lowering(FuncEmitter):
         sp = te_placeholder((o,), "float32", "scale")
         bp = te_placeholder((o,), "float32", "bias")
         out_q = _out_params(q.out, q.out_bounds)
-        placeholders = [xp, *wps, cp, sp, bp]
-        args = [x, *wargs, relax.const(correction), relax.const(scale), relax.const(bias)]
+        inputs, in_args = (producer.placeholders, producer.args) if producer else ([xp], [x])
+        placeholders = [*inputs, *wps, cp, sp, bp]
+        args = [*in_args, *wargs, relax.const(correction), relax.const(scale), relax.const(bias)]
         residual = None
         if q.residual is not None:
             rq, rparam = q.residual
@@ -333,10 +367,23 @@ class _Lowering(FuncEmitter):
         y = ops.requantize(
             acc, cp, sp, bp, te_activation(act), out_q, residual,
             None if act2 is None else te_activation(act2),
+            name=DW_ACT if kind == "depthwise" else "sepconv_requantize",
         )  # fmt: skip
-        setattr(self.stats, kind, getattr(self.stats, kind) + 1)
+        # a fused operator's depthwise unit was counted when it was lowered
+        for name in ("pointwise", "fused") if kind == "fused" else (kind,):
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+        if kind == "depthwise" and residual is None and q.root in self.var_of:
+            self.depthwise_outputs[self.var_of[q.root]] = _DepthwiseOutput(placeholders, y, args)
         call = self.emit(_FUNC_NAMES[kind], placeholders, y, args)
         return relax.op.permute_dims(call, TO_NCHW)
+
+    def _fused_producer(self, q) -> _DepthwiseOutput | None:
+        """The lowered depthwise unit whose 8-bit output is this pointwise unit's input and
+        nothing else's — the two become one operator — or None."""
+        if not self.fuse or q.residual is not None and q.residual[0].same_as(q.xq):
+            return None
+        producer = self.depthwise_outputs.get(q.xq)
+        return producer if producer is not None and self.uses.get(q.xq) == 1 else None
 
 
 def legalize_quantize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -380,15 +427,18 @@ def cancel_permutes(mod: tvm.IRModule) -> tvm.IRModule:
     return out
 
 
-def lower_quantized(mod: tvm.IRModule, target=None) -> tuple[tvm.IRModule, QuantizedStats]:
+def lower_quantized(
+    mod: tvm.IRModule, target=None, fuse: bool = True
+) -> tuple[tvm.IRModule, QuantizedStats]:
     """The whole int8 rewrite of a PT2E-quantized module (before constant folding);
-    ``target`` (a tvm Target) chooses the pointwise dot instruction from its features."""
+    ``target`` (a tvm Target) chooses the pointwise dot instruction from its features;
+    ``fuse=False`` keeps every depthwise unit its own operator."""
     from sepconv.schedules.int8_intrinsics import dot_intrinsic
     from sepconv.schedules.target_params import target_features
 
     mod = fold_qparams(mod)
     dot = dot_intrinsic(target_features(target)) if target is not None else None
-    rw = _Lowering(mod, dot)
+    rw = _Lowering(mod, dot, fuse)
     pat = QuantizedConvPattern()
 
     clamped = _clamped_quantizes(mod["main"])

@@ -370,9 +370,11 @@ def requantize(
     out: QParams | None,
     residual: tuple[te.Tensor, QParams] | None = None,
     act2: Activation | None = None,
+    name: str = "sepconv_requantize",
 ) -> te.Tensor:
     """The epilogue: int32 accumulator → float in registers → 8-bit output (see module doc);
-    ``out=None`` leaves the result in float32 (a classifier's logits)."""
+    ``out=None`` leaves the result in float32 (a classifier's logits). A depthwise unit's is
+    named ``DW_ACT``: in a fused depthwise → pointwise operator it is the map between the two."""
 
     def body(i, y, z, k):
         v = acc[i, y, z, k] - correction[k]  # int32, or float32 within float_exact's bound
@@ -383,4 +385,4 @@ def requantize(
             v = (act2 or (lambda e: e))(v + r)
         return v if out is None else quantize_expr(v, out)
 
-    return te.compute(acc.shape, body, name="sepconv_requantize")
+    return te.compute(acc.shape, body, name=name)

@@ -10,6 +10,7 @@ from tvm import te
 
 from sepconv.compiler.int8 import ops
 from sepconv.compiler.separable import te_placeholder
+from sepconv.schedules.block_names import DW_ACT
 from sepconv.schedules.int8_intrinsics import dot_intrinsic
 from sepconv.schedules.int8_pointwise import Int8Pointwise
 
@@ -80,6 +81,51 @@ def test_dense_conv_tensorizes_over_its_window_rows(target, lanes, instruction):
     script = sch.mod.script()
     assert "T.parallel" in script and "pragma_loop_partition_hint" in script
     assert instruction in _asm(sch, target)
+
+
+def _fused(hw: int, c: int, o: int, lanes: int, stride: int = 1):
+    """A 3×3 depthwise unit requantized to u8 (``DW_ACT``) feeding a packed pointwise GEMM."""
+    xq = te_placeholder((1, hw, hw, c), "uint8", "xq")
+    wd = te_placeholder((3, 3, c), "int8", "wd")
+    kinds = (("int32", "corr"), ("float32", "scale"), ("float32", "bias"))
+    corr, scale, bias = (te_placeholder((c,), d, n) for d, n in kinds)
+    acc = ops.accumulate(xq, wd, (stride, stride), (1, 1, 1, 1), (1, 1), 7, depthwise=True)
+    mid = ops.QParams(0.05, 3, "uint8")
+    y = ops.requantize(acc, corr, scale, bias, lambda v: v, mid, name=DW_ACT)
+    wq = te_placeholder((-(-o // lanes), c // 4, lanes, 4), "int8", "wq")
+    gemm = ops.pointwise_packed(y, wq, o)
+    out = te.compute(gemm.shape, lambda *i: gemm(*i) + 1, name="epilogue")
+    return te.create_prim_func([xq, wd, corr, scale, bias, wq, out])
+
+
+@pytest.mark.parametrize(
+    "target, lanes, instruction",
+    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
+    ids=["avx2", "avx512", "vnni"],
+)
+def test_fused_depthwise_pointwise_tensorizes_its_gemm(target, lanes, instruction):
+    sch = Int8Pointwise().apply(_fused(14, 32, 2 * lanes, lanes), target, False)
+    assert sch is not None
+    asm = _asm(sch, target)
+    assert instruction in asm and "TVMBackendAllocWorkspace" not in asm
+
+
+@pytest.mark.parametrize(
+    "hw, c, o, stride, per_task",
+    [(14, 32, 32, 1, True), (15, 32, 48, 2, True), (7, 128, 512, 1, False)],
+)
+def test_where_the_fused_depthwise_half_runs(hw, c, o, stride, per_task):
+    """Row-parallel: each task computes the depthwise pixels its GEMM reads, so the map between
+    the halves is never whole in memory. Late layers (the weights outweigh a 7×7 map): the
+    whole map first, in parallel, then each task runs its weight panel over all of it."""
+    sch = Int8Pointwise().apply(_fused(hw, c, o, 16, stride), VNNI, False)
+    assert sch is not None
+    act_loops = sch.get_loops(sch.get_sblock(DW_ACT))
+    gemm_loops = sch.get_loops(sch.get_sblock("sepconv_pw_update_o"))
+    parallel = tvm.tirx.ForKind.PARALLEL
+    assert sch.get(gemm_loops[0]).kind == parallel
+    assert sch.get(act_loops[0]).same_as(sch.get(gemm_loops[0])) == per_task, sch.mod.script()
+    assert sch.get(act_loops[0]).kind == parallel
 
 
 def test_dense_conv_costs_count_the_real_macs():

@@ -17,7 +17,6 @@ from tvm import relax
 from sepconv.compiler.artifact import TensorInfo
 from sepconv.compiler.build import build
 from sepconv.compiler.importer import ImportedGraph
-from sepconv.targets import resolve_target
 
 pytest.importorskip("torchao", reason="the fake-quant reference ops come with torchao's PT2E")
 import torchao.quantization.pt2e  # noqa: E402, F401 - registers torch.ops.quantized_decomposed
@@ -29,11 +28,6 @@ SX = 0.0474
 # (channels, map side, dtype): the zoo's SE shapes, small; 7×7 and 14×14 maps have the most
 # ties in their means (49 and 196 divide few sums)
 SHAPES = [(16, 8, "uint8"), (40, 14, "uint8"), (24, 7, "uint8"), (16, 8, "int8"), (8, 15, "uint8")]
-
-
-@pytest.fixture(scope="module")
-def host():
-    return resolve_target("host").target
 
 
 def _c(a):

@@ -149,7 +149,7 @@ def test_cli_compiles_int8_from_a_folder_of_npy(cli_artifact, calibration_dir):
     out, code, printed = cli_artifact
     assert code == 0, printed
     assert f"int8 operators: {depthwise_convs(CLI_MODEL)} depthwise" in printed
-    assert "left to TVM)" in printed
+    assert "left to TVM)" in printed and "depthwise → pointwise pairs fused" in printed
     assert "representative data" not in printed  # calibrated on real files: no warning
     manifest = json.loads((out / "manifest.json").read_text())
     quant = manifest["model"]["quantization"]

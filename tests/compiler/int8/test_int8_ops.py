@@ -22,7 +22,6 @@ from tvm import relax, te
 from sepconv.compiler.artifact import TensorInfo
 from sepconv.compiler.build import build
 from sepconv.compiler.importer import ImportedGraph
-from sepconv.targets import resolve_target
 
 pytest.importorskip("torchao", reason="the fake-quant reference ops come with torchao's PT2E")
 import torchao.quantization.pt2e  # noqa: E402, F401 - registers torch.ops.quantized_decomposed
@@ -96,11 +95,6 @@ def test_every_activation_and_kind_is_covered():
     assert kernels >= {(3, 1), (3, 2), (5, 1), (5, 2)}
 
 
-@pytest.fixture(scope="module")
-def host():
-    return resolve_target("host").target
-
-
 # -- the unit, in torch (reference) and in Relax (what the importer writes) ------------------
 
 
@@ -138,6 +132,7 @@ class Data:
     zx: int
     rq: np.ndarray | None
     zr: int
+    sx: float = SX
 
 
 def _data(u: Unit, seed: int = 0, x_fill=None, w_fill=None) -> Data:
@@ -161,7 +156,7 @@ def _data(u: Unit, seed: int = 0, x_fill=None, w_fill=None) -> Data:
 def _float_output(u: Unit, d: Data) -> torch.Tensor:
     """Everything of the unit before its final quantize, in torch's fake-quant ops."""
     lo, hi = QRANGE[u.dtype]
-    x = QD.dequantize_per_tensor(torch.from_numpy(d.xq), SX, d.zx, lo, hi, TORCH_DTYPE[u.dtype])
+    x = QD.dequantize_per_tensor(torch.from_numpy(d.xq), d.sx, d.zx, lo, hi, TORCH_DTYPE[u.dtype])
     w = QD.dequantize_per_channel(
         torch.from_numpy(d.wq), torch.from_numpy(d.sw), torch.zeros(u.o, dtype=torch.int64),
         0, -128, 127, torch.int8,
@@ -189,30 +184,34 @@ def _reference(u: Unit, y: torch.Tensor, sy: float, zy: int) -> np.ndarray:
     return QD.quantize_per_tensor(y, sy, zy, lo, hi, TORCH_DTYPE[u.dtype]).numpy()
 
 
+def _const(a) -> relax.Expr:
+    return relax.const(np.asarray(a))
+
+
+def emit_unit(bb, u: Unit, d: Data, xv, rv, sy: float, zy: int) -> relax.Var:
+    """The unit's bindings on input ``xv`` (and residual ``rv``); its quantized output."""
+    c = _const
+    xin = bb.emit(relax.op.minimum(xv, c(np.uint8(127)))) if u.narrow else xv
+    x = bb.emit(relax.op.dequantize(xin, c(np.float32(d.sx)), c(np.int32(d.zx)), axis=-1))
+    w = bb.emit(relax.op.dequantize(c(d.wq), c(d.sw), c(np.zeros(u.o, np.int32)), axis=0))
+    v = bb.emit(relax.op.nn.conv2d(x, w, strides=u.stride, padding=u.k // 2, groups=u.groups))
+    v = bb.emit(relax.op.add(v, c(d.b.reshape(1, u.o, 1, 1))))
+    v = _relax_act(bb, u.act, v)
+    if u.residual:
+        r = bb.emit(relax.op.dequantize(rv, c(np.float32(SR)), c(np.int32(d.zr)), axis=-1))
+        v = _relax_act(bb, u.act2, bb.emit(relax.op.add(v, r)))
+    return bb.emit(
+        relax.op.quantize(v, c(np.float32(sy)), c(np.int32(zy)), axis=-1, out_dtype=u.dtype)
+    )
+
+
 def _relax_unit(u: Unit, d: Data, sy: float, zy: int) -> tvm.IRModule:
-    c = lambda a: relax.const(np.asarray(a))  # noqa: E731
     bb = relax.BlockBuilder()
     xv = relax.Var("xq", relax.TensorType(d.xq.shape, u.dtype))
-    params = [xv]
-    if u.residual:
-        rv = relax.Var("rq", relax.TensorType(d.rq.shape, u.dtype))
-        params.append(rv)
-    with bb.function("main", params):
+    rv = relax.Var("rq", relax.TensorType(d.rq.shape, u.dtype)) if u.residual else None
+    with bb.function("main", [xv] + ([rv] if u.residual else [])):
         with bb.dataflow():
-            xin = bb.emit(relax.op.minimum(xv, c(np.uint8(127)))) if u.narrow else xv
-            x = bb.emit(relax.op.dequantize(xin, c(np.float32(SX)), c(np.int32(d.zx)), axis=-1))
-            w = bb.emit(relax.op.dequantize(c(d.wq), c(d.sw), c(np.zeros(u.o, np.int32)), axis=0))
-            v = bb.emit(
-                relax.op.nn.conv2d(x, w, strides=u.stride, padding=u.k // 2, groups=u.groups)
-            )
-            v = bb.emit(relax.op.add(v, c(d.b.reshape(1, u.o, 1, 1))))
-            v = _relax_act(bb, u.act, v)
-            if u.residual:
-                r = bb.emit(relax.op.dequantize(rv, c(np.float32(SR)), c(np.int32(d.zr)), axis=-1))
-                v = _relax_act(bb, u.act2, bb.emit(relax.op.add(v, r)))
-            q = bb.emit_output(
-                relax.op.quantize(v, c(np.float32(sy)), c(np.int32(zy)), axis=-1, out_dtype=u.dtype)
-            )
+            q = bb.emit_output(emit_unit(bb, u, d, xv, rv, sy, zy))
         bb.emit_func_output(q)
     return bb.get()
 
