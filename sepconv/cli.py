@@ -117,7 +117,8 @@ def cmd_compile(args) -> int:
         q = ops["int8"]
         print(
             f"  int8 operators: {q.get('depthwise', 0)} depthwise, {q.get('pointwise', 0)} "
-            f"pointwise, {q.get('dense', 0)} dense ({q.get('left_to_tvm', 0)} left to TVM)"
+            f"pointwise, {q.get('dense', 0)} dense ({q.get('left_to_tvm', 0)} left to TVM); "
+            f"{q.get('fused', 0)} depthwise → pointwise pairs fused"
         )
         f32 = ops.get("fp32")
         if f32:  # convs the quantizer left in float
