@@ -463,6 +463,7 @@ def lower_quantized(
 
     main = rewrite_call(lin.pattern, rewrite_linear, main)
     out = propagate_channels_last(cancel_permutes(rw.module(main)))
-    rw.stats.functions = {name: str(gv) for name, (gv, _) in rw.funcs.items()}
+    kept = {gv.name_hint for gv in out.get_global_vars()}  # a fused depthwise unit's is dead
+    rw.stats.functions = {name: str(gv) for name, (gv, _) in rw.funcs.items() if name in kept}
     log.info("int8 rewrite: %s", rw.stats.to_json())
     return out, rw.stats

@@ -27,6 +27,13 @@ VNNI = tvm.target.Target(
 )
 
 
+EACH_DOT = pytest.mark.parametrize(
+    "target, lanes, instruction",
+    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
+    ids=["avx2", "avx512", "vnni"],
+)  # each x86 dot instruction: its target and panel lanes
+
+
 def _pointwise(pixels: int, c: int, o: int, lanes: int, packed: bool = True):
     xq = te_placeholder((1, 1, pixels, c), "uint8", "xq")
     weights = [te_placeholder((c, o), "int8", "wq")]
@@ -46,11 +53,7 @@ def _asm(sch, target) -> str:
     return tvm.compile(tvm.IRModule({"main": f}), target=target).mod.inspect_source("asm")
 
 
-@pytest.mark.parametrize(
-    "target, lanes, instruction",
-    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
-    ids=["avx2", "avx512", "vnni"],
-)
+@EACH_DOT
 def test_tensorizes_on_the_targets_dot_instruction(target, lanes, instruction):
     sch = Int8Pointwise().apply(_pointwise(14, 32, 2 * lanes, lanes), target, False)
     assert sch is not None
@@ -68,11 +71,7 @@ def _stem(hw: int, c: int, o: int, lanes: int, stride: int = 2):
     return te.create_prim_func([xq, wq, out])
 
 
-@pytest.mark.parametrize(
-    "target, lanes, instruction",
-    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
-    ids=["avx2", "avx512", "vnni"],
-)
+@EACH_DOT
 def test_dense_conv_tensorizes_over_its_window_rows(target, lanes, instruction):
     """The stem (3 channels, 3×3, stride 2; 24 outputs: padded panels) on the same dot, its
     padded rows copied in parallel, their padding split off by LoopPartition."""
@@ -98,11 +97,7 @@ def _fused(hw: int, c: int, o: int, lanes: int, stride: int = 1):
     return te.create_prim_func([xq, wd, corr, scale, bias, wq, out])
 
 
-@pytest.mark.parametrize(
-    "target, lanes, instruction",
-    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
-    ids=["avx2", "avx512", "vnni"],
-)
+@EACH_DOT
 def test_fused_depthwise_pointwise_tensorizes_its_gemm(target, lanes, instruction):
     sch = Int8Pointwise().apply(_fused(14, 32, 2 * lanes, lanes), target, False)
     assert sch is not None
