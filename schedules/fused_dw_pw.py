@@ -33,6 +33,7 @@ from .nhwc_tile import (
     gemm_dims,
     gemm_tile_candidates,
     named_blocks,
+    out_dims,
     output_epilogue,
     sample_tile,
     tile_candidates,
@@ -40,11 +41,6 @@ from .nhwc_tile import (
     tile_output,
 )
 from .target_params import cpu_params
-
-
-def _out_dims(sch, block) -> tuple[int, int]:
-    _, _, out_w, channels = (int(x) for x in sch.get(block).writes[0].source.shape)
-    return out_w, channels
 
 
 class FusedDepthwisePointwise(CpuRule):
@@ -67,17 +63,17 @@ class FusedDepthwisePointwise(CpuRule):
         epilogue = output_epilogue(sch, pw, [blocks[n] for n in names[names.index(PW) + 1 :]])
 
         gemm = choose_gemm_tile(*gemm_dims(sch, pw), params)
-        pw_tile = gemm if gemm.channels_outer else choose_tile(*_out_dims(sch, pw), params)
-        dw_tile = choose_tile(*_out_dims(sch, dw), params, max_k=4)
+        pw_tile = gemm if gemm.channels_outer else choose_tile(*out_dims(sch, pw), params)
+        dw_tile = choose_tile(*out_dims(sch, dw), params, max_k=4)
         if tunable:
             panels_outer = [
                 t for t in gemm_tile_candidates(*gemm_dims(sch, pw), params) if t.channels_outer
             ]
             pw_tile = sample_tile(
-                sch, tile_candidates(*_out_dims(sch, pw), params) + panels_outer, pw_tile
+                sch, tile_candidates(*out_dims(sch, pw), params) + panels_outer, pw_tile
             )
             dw_tile = sample_tile(
-                sch, tile_candidates(*_out_dims(sch, dw), params, max_k=4), dw_tile
+                sch, tile_candidates(*out_dims(sch, dw), params, max_k=4), dw_tile
             )
         if isinstance(pw_tile, GemmTile):
             # few pixels, many weights: every pixel tile runs against one weight panel at a

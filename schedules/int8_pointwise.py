@@ -41,6 +41,7 @@ from .nhwc_tile import (
     choose_tile,
     gemm_dims,
     named_blocks,
+    out_dims,
     output_epilogue,
     parallel_rows,
     partition_padded_tiles,
@@ -87,8 +88,7 @@ class Int8Pointwise(CpuRule):
             return None
         epilogue = output_epilogue(sch, main, [blocks[n] for n in names[len(before) + 1 :]])
         params = cpu_params(target)
-        _, _, out_w, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
-        tile = choose_tile(out_w, channels, params, self.max_k)
+        tile = choose_tile(*out_dims(sch, main), params, self.max_k)
         if tile.vec != dot.lanes:
             return None
         if fused and PAD in blocks:
@@ -143,8 +143,7 @@ def _weights_outweigh_the_map(sch, main, epilogue, tile, params) -> bool:
 def _tile_depthwise(sch, dw, act, params, parallel: bool) -> None:
     """The fused operator's depthwise half, tiled as ``sepconv_dw`` is (the 8-bit map, its
     requantization from the accumulators)."""
-    _, _, out_w, channels = (int(x) for x in sch.get(dw).writes[0].source.shape)
-    tile = choose_tile(out_w, channels, params, SepconvDepthwise.max_k)
+    tile = choose_tile(*out_dims(sch, dw), params, SepconvDepthwise.max_k)
     tile_output(sch, dw, act, tile, params, parallel=parallel)
 
 

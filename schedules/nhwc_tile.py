@@ -322,6 +322,12 @@ def _out_shape(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:
     return [int(x) for x in sch.get(block).writes[0].source.shape]
 
 
+def out_dims(sch: s_tir.Schedule, block: SBlockRV) -> tuple[int, int]:
+    """An NHWC block's output width and channels: what its register tile is chosen from."""
+    _, _, out_w, channels = _out_shape(sch, block)
+    return out_w, channels
+
+
 def _covers_block_pixels(sch: s_tir.Schedule, epilogue: SBlockRV, block: SBlockRV) -> bool:
     """The epilogue writes the block's pixels and its channels or a prefix of them (the real
     channels of a padded GEMM, :data:`.block_names.PW_CROP`) — not a broadcast of it."""

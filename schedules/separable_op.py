@@ -32,6 +32,7 @@ from .nhwc_tile import (
     gemm_dims,
     gemm_tile_candidates,
     named_blocks,
+    out_dims,
     output_epilogue,
     sample_tile,
     tile_candidates,
@@ -74,7 +75,7 @@ class SeparableOp(CpuRule):
                 tile = sample_tile(sch, gemm_tile_candidates(*gemm_dims(sch, main), params), tile)
             tile_gemm(sch, main, epilogue, tile, params)
             return sch
-        _, _, out_w, channels = (int(x) for x in sch.get(main).writes[0].source.shape)
+        out_w, channels = out_dims(sch, main)
         tile = choose_tile(out_w, channels, params, self.max_k)
         if tunable:
             tile = sample_tile(sch, tile_candidates(out_w, channels, params, self.max_k), tile)
