@@ -12,9 +12,6 @@ import pytest
 import tvm
 from tvm import relax
 
-from sepconv.compiler.artifact import TensorInfo
-from sepconv.compiler.build import build
-from sepconv.compiler.importer import ImportedGraph
 from sepconv.compiler.int8 import lowering
 from sepconv.schedules.int8_intrinsics import dot_intrinsic
 from sepconv.schedules.target_params import target_features
@@ -26,6 +23,7 @@ from .test_int8_ops import (
     _out_qparams,
     _reference,
     assert_close,
+    build_and_run,
     emit_unit,
 )
 
@@ -49,7 +47,8 @@ def _id(chain) -> str:
     return f"{dw.id}->{pw.id}"
 
 
-def _chain_module(dw, pw, d1, d2, s1, s2, narrow) -> tvm.IRModule:
+def _chain_module(dw, pw, d1, d2, s1, s2, narrow, keep_mid: bool = False) -> tvm.IRModule:
+    """The two units in Relax; ``keep_mid``: the depthwise output is returned too."""
     bb = relax.BlockBuilder()
     xv = relax.Var("xq", relax.TensorType(d1.xq.shape, dw.dtype))
     rv = relax.Var("rq", relax.TensorType(d2.rq.shape, pw.dtype)) if pw.residual else None
@@ -58,8 +57,9 @@ def _chain_module(dw, pw, d1, d2, s1, s2, narrow) -> tvm.IRModule:
             q1 = emit_unit(bb, dw, d1, xv, None, *s1)
             if narrow:  # PT2E's reduce_range clamp, on the depthwise unit's output
                 q1 = bb.emit(relax.op.minimum(q1, relax.const(np.uint8(127))))
-            q2 = bb.emit_output(emit_unit(bb, pw, d2, q1, rv, *s2))
-        bb.emit_func_output(q2)
+            q2 = emit_unit(bb, pw, d2, q1, rv, *s2)
+            out = bb.emit_output(relax.Tuple([q1, q2]) if keep_mid else q2)
+        bb.emit_func_output(out)
     return bb.get()
 
 
@@ -76,18 +76,10 @@ def run_chain(dw: Unit, pw: Unit, target, narrow: bool, fuse: bool, monkeypatch)
     s2 = _out_qparams(pw, y2)
     ref = _reference(pw, y2, *s2)
     inputs = [d1.xq] + ([d2.rq] if pw.residual else [])
-    graph = ImportedGraph(
-        _chain_module(dw, pw, d1, d2, s1, s2, narrow),
-        [TensorInfo(n, a.shape, dw.dtype) for n, a in zip(("xq", "rq"), inputs)],
-        [TensorInfo("out", ref.shape, pw.dtype)],
-    )
     monkeypatch.setattr(lowering, "lower_quantized", functools.partial(_LOWER, fuse=fuse))
-    result = build(graph, target)
-    vm = relax.VirtualMachine(result.executable, tvm.cpu())
-    args = [tvm.runtime.tensor(a) for a in inputs] + [
-        tvm.runtime.tensor(w) for w in result.weights.values()
-    ]
-    return vm["main"](*args).numpy(), ref, result.stats.sepconv_ops["int8"], result.stats.primfuncs
+    mod = _chain_module(dw, pw, d1, d2, s1, s2, narrow)
+    got, stats = build_and_run(mod, inputs, ref, target)
+    return got, ref, stats.sepconv_ops["int8"], stats.primfuncs
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +114,6 @@ def test_a_depthwise_output_used_twice_is_not_fused(host, on_dot):
     d1 = _data(dw, seed=1)
     s1 = _out_qparams(dw, _float_output(dw, d1))
     d2 = replace(_data(pw, seed=2), zx=s1[1], sx=s1[0])
-    bb = relax.BlockBuilder()
-    xv = relax.Var("xq", relax.TensorType(d1.xq.shape, dw.dtype))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            q1 = emit_unit(bb, dw, d1, xv, None, *s1)
-            if not on_dot:
-                q1 = bb.emit(relax.op.minimum(q1, relax.const(np.uint8(127))))
-            q2 = emit_unit(bb, pw, d2, q1, None, 0.05, 128)
-            out = bb.emit_output(relax.Tuple([q1, q2]))
-        bb.emit_func_output(out)
-    _, stats = lowering.lower_quantized(bb.get(), host)
+    mod = _chain_module(dw, pw, d1, d2, s1, (0.05, 128), not on_dot, keep_mid=True)
+    _, stats = lowering.lower_quantized(mod, host)
     assert stats.fused == 0 and stats.depthwise == 1 and stats.pointwise == 1

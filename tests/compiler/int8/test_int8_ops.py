@@ -222,17 +222,24 @@ def run_unit(u: Unit, d: Data, target, saturate: bool = False):
     sy, zy = _out_qparams(u, y, saturate)
     ref = _reference(u, y, sy, zy)
     inputs = [d.xq] + ([d.rq] if u.residual else [])
+    got, stats = build_and_run(_relax_unit(u, d, sy, zy), inputs, ref, target)
+    return got, ref, stats
+
+
+def build_and_run(mod: tvm.IRModule, inputs: list[np.ndarray], ref: np.ndarray, target):
+    """``mod`` (inputs ``xq`` [, ``rq``], one output shaped as ``ref``) built through the whole
+    compiler and run on ``inputs``: (output, build stats)."""
     graph = ImportedGraph(
-        _relax_unit(u, d, sy, zy),
-        [TensorInfo(n, a.shape, u.dtype) for n, a in zip(("xq", "rq"), inputs)],
-        [TensorInfo("out", ref.shape, u.dtype)],
+        mod,
+        [TensorInfo(n, a.shape, str(a.dtype)) for n, a in zip(("xq", "rq"), inputs)],
+        [TensorInfo("out", ref.shape, str(ref.dtype))],
     )
     result = build(graph, target)
     vm = relax.VirtualMachine(result.executable, tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in inputs] + [
         tvm.runtime.tensor(w) for w in result.weights.values()
     ]
-    return vm["main"](*args).numpy(), ref, result.stats
+    return vm["main"](*args).numpy(), result.stats
 
 
 def assert_lowered(u: Unit, stats) -> None:
