@@ -115,6 +115,18 @@ _CPUINFO_ALIAS = {
 }  # fmt: skip
 
 
+# LLVM features that name a set of older ones and have no /proc/cpuinfo flag of their own (Linux
+# lists no "avx10"): held when every member is. AVX10.1 is exactly Sapphire Rapids' AVX-512 set;
+# LLVM's host detection reports it where CPUID enumerates AVX10 (first seen on a 2026 Xeon VM
+# under kernel 6.18). avx10.2 adds instructions no older flag covers, so it stays unknown.
+_AVX10_1 = (
+    "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512ifma", "avx512vbmi",
+    "avx512_vbmi2", "avx512_vnni", "avx512_bitalg", "avx512_vpopcntdq", "avx512_bf16",
+    "avx512_fp16",
+)  # fmt: skip
+_CPUINFO_IMPLIED = {"avx10.1": _AVX10_1, "avx10.1-256": _AVX10_1, "avx10.1-512": _AVX10_1}
+
+
 def _norm(flag: str) -> str:
     return flag.lower().replace("_", "").replace(".", "").replace("-", "")
 
@@ -123,8 +135,8 @@ def missing_isa_features(features) -> list[str]:
     """Which of ``features`` (LLVM names, e.g. a target's ``avx512f``, ``fma``) this CPU lacks.
 
     Asks LLVM's host detection where TVM's compiler is loaded; with TVM's runtime alone (a
-    deployment) reads ``/proc/cpuinfo`` instead, and names it knows no flag for are not held
-    against the host.
+    deployment) reads ``/proc/cpuinfo`` instead: a feature is held when the kernel lists its
+    flag, or every flag of the set it names (``avx10.1``).
     """
     wanted = sorted(set(features))
     llvm = host_cpu_features()
@@ -133,10 +145,13 @@ def missing_isa_features(features) -> list[str]:
     flags = {_norm(f) for f in cpuinfo_flags()}
     if not flags:
         return []
-    return [
-        f for f in wanted
-        if _norm(f) not in flags and _norm(_CPUINFO_ALIAS.get(f, f)) not in flags
-    ]  # fmt: skip
+
+    def held(f: str) -> bool:
+        if f in _CPUINFO_IMPLIED:
+            return all(_norm(member) in flags for member in _CPUINFO_IMPLIED[f])
+        return _norm(f) in flags or _norm(_CPUINFO_ALIAS.get(f, f)) in flags
+
+    return [f for f in wanted if not held(f)]
 
 
 def _cgroup_cpu_limit() -> int | None:

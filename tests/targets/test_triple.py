@@ -124,6 +124,20 @@ def test_cpuinfo_and_llvm_agree_on_what_the_host_lacks(mcpu, monkeypatch):
     assert (mcpu is None) <= (by_llvm == [])  # the host's own code always runs here
 
 
+def test_cpuinfo_holds_a_feature_set_when_every_member_is_listed(monkeypatch):
+    """LLVM reports avx10.1 where CPUID enumerates AVX10; Linux lists no flag for it, only the
+    AVX-512 flags it stands for — a runtime-only load must not refuse the host's own code."""
+    spr = {"avx2", "fma", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw",
+           "avx512ifma", "avx512vbmi", "avx512_vbmi2", "avx512_vnni", "avx512_bitalg",
+           "avx512_vpopcntdq", "avx512_bf16", "avx512_fp16"}  # fmt: skip
+    monkeypatch.setattr(H, "host_cpu_features", lambda: {})
+    monkeypatch.setattr(H, "cpuinfo_flags", lambda: frozenset(spr))
+    assert H.missing_isa_features(["avx10.1", "avx512fp16", "fma"]) == []
+    assert H.missing_isa_features(["avx10.2", "amx-int8"]) == ["amx-int8", "avx10.2"]
+    monkeypatch.setattr(H, "cpuinfo_flags", lambda: frozenset(spr - {"avx512_fp16"}))
+    assert H.missing_isa_features(["avx10.1", "avx512f"]) == ["avx10.1"]
+
+
 @on_x86
 def test_host_target_is_corrected_to_the_real_feature_set():
     """The CPU name alone is not trusted: the target's features equal LLVM's host features."""
