@@ -326,7 +326,7 @@ class _Lowering(FuncEmitter):
         x = relax.op.permute_dims(q.xq, TO_NHWC)
         n, c, h, w = p.x_shape
         xp = te_placeholder((n, h, w, c), q.x.dtype, "xq")
-        producer = self._fused_producer(q) if packed else None
+        producer = self._fused_producer(q, c) if packed else None
         if producer is not None:  # the depthwise unit's output is this one's input, in-operator
             xp, kind = producer.y, "fused"
         if packed:
@@ -377,10 +377,15 @@ class _Lowering(FuncEmitter):
         call = self.emit(_FUNC_NAMES[kind], placeholders, y, args)
         return relax.op.permute_dims(call, TO_NCHW)
 
-    def _fused_producer(self, q) -> _DepthwiseOutput | None:
+    def _fused_producer(self, q, channels: int) -> _DepthwiseOutput | None:
         """The lowered depthwise unit whose 8-bit output is this pointwise unit's input and
-        nothing else's — the two become one operator — or None."""
-        if not self.fuse or q.residual is not None and q.residual[0].same_as(q.xq):
+        nothing else's — the two become one operator — or None.
+
+        Not where 4 does not divide the channels (ShuffleNetV2's 58): the ≤ 3 channels past
+        the dot's blocks are read again by the epilogue (``ops.pointwise_packed``'s tail), which
+        then has the depthwise map as a producer outside the GEMM's channel-tile loop, and TVM
+        cannot move it under that loop (``reverse_compute_at``)."""
+        if not self.fuse or channels % 4 or q.residual is not None and q.residual[0].same_as(q.xq):
             return None
         producer = self.depthwise_outputs.get(q.xq)
         return producer if producer is not None and self.uses.get(q.xq) == 1 else None

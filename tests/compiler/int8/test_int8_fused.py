@@ -117,3 +117,19 @@ def test_a_depthwise_output_used_twice_is_not_fused(host, on_dot):
     mod = _chain_module(dw, pw, d1, d2, s1, (0.05, 128), not on_dot, keep_mid=True)
     _, stats = lowering.lower_quantized(mod, host)
     assert stats.fused == 0 and stats.depthwise == 1 and stats.pointwise == 1
+
+
+def test_channels_the_dot_blocks_do_not_divide_stay_two_operators(
+    host, on_dot, monkeypatch, caplog
+):
+    """ShuffleNetV2's 58-channel branch: the epilogue reads the depthwise map again for the 2
+    channels past the dot's blocks of 4, which the fused schedule cannot place (every such
+    rule raised, and the fallback schedules took ShuffleNetV2 int8 at 224 to 10.8 ms, 4.6× its
+    fp32 time, in ``benchmarks/int8_zoo.py``),
+    so the pair is lowered as two operators, each on its rule."""
+    dw, pw = Unit("depthwise", 58, 58, 14, 3, 2, "relu"), Unit("pointwise", 58, 58, 7, act="relu")
+    got, ref, ops, funcs = run_chain(dw, pw, host, not on_dot, True, monkeypatch)
+    assert not [r for r in caplog.records if "raised" in r.getMessage()]
+    assert ops["fused"] == 0 and ops["depthwise"] == 1 and ops["pointwise"] == 1, ops
+    assert not [f for f in funcs if "sepconv_qdwpw" in f], funcs
+    assert_close(got, ref)
