@@ -53,9 +53,29 @@ def _broadcast_word(A, lanes: int):
     return T.reinterpret(T.broadcast(word, lanes), dtype=f"uint8x{4 * lanes}")
 
 
-def _impl_pairs(lanes: int):
+def dot_accumulate(kind: str, lanes: int, acc, words, weights):
+    """``acc + Σ_k u8 words[·, k] · s8 weights[·, k]`` on the instruction of ``kind`` (int32×L
+    ``acc``, 4·L bytes each of ``words`` and ``weights``): the one expression the tensor
+    intrinsic and the machine's int8 peak loop (``sepconv.bench.limits``) both emit."""
+    if kind == "vnni":
+        # LLVM 22 declares vpdpbusd on <64 x i8> operands: <16 x i32> ones, as TVM's own
+        # VNNI intrinsic passes them, fail LLVM's verifier (seen with a first version of
+        # this factory written the same way)
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(_VNNI[lanes]), acc, words, weights, dtype=f"int32x{lanes}"
+        )
     to_s16, to_s32 = _PAIR[lanes]
+    return acc + T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id(to_s32),
+        T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(to_s16), words, weights, dtype=f"int16x{2 * lanes}"
+        ),
+        T.broadcast(T.int16(1), 2 * lanes),
+        dtype=f"int32x{lanes}",
+    )
 
+
+def _impl(kind: str, lanes: int):
     @T.prim_func(s_tir=True)
     def impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
@@ -65,42 +85,12 @@ def _impl_pairs(lanes: int):
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
-            C[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(to_s32),
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(to_s16),
-                    _broadcast_word(A, lanes),
-                    B.vload([0, 0], dtype=f"int8x{4 * lanes}"),
-                    dtype=f"int16x{2 * lanes}",
-                ),
-                T.broadcast(T.int16(1), 2 * lanes),
-                dtype=f"int32x{lanes}",
-            )
-
-    return impl
-
-
-def _impl_vnni(lanes: int):
-    dot = _VNNI[lanes]
-
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            # LLVM 22 declares vpdpbusd on <64 x i8> operands: <16 x i32> ones, as TVM's own
-            # VNNI intrinsic passes them, fail LLVM's verifier (seen with a first version of
-            # this factory written the same way)
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(dot),
+            C[T.ramp(T.int32(0), 1, lanes)] = dot_accumulate(
+                kind,
+                lanes,
                 C.vload([0], dtype=f"int32x{lanes}"),
                 _broadcast_word(A, lanes),
                 B.vload([0, 0], dtype=f"int8x{4 * lanes}"),
-                dtype=f"int32x{lanes}",
             )
 
     return impl
@@ -111,6 +101,7 @@ class DotIntrinsic:
     name: str
     lanes: int
     full_range: bool  # u8 activations may use 0…255 (no s16 saturation step)
+    kind: str = "pairs"  # "vnni" | "pairs" (dot_accumulate)
 
 
 def dot_intrinsic(features) -> DotIntrinsic | None:
@@ -128,10 +119,9 @@ def dot_intrinsic(features) -> DotIntrinsic | None:
     if name not in _REGISTERED:
         from tvm.s_tir import TensorIntrin
 
-        impl = _impl_vnni(lanes) if kind == "vnni" else _impl_pairs(lanes)
-        TensorIntrin.register(name, _desc(lanes), impl, override=True)
+        TensorIntrin.register(name, _desc(lanes), _impl(kind, lanes), override=True)
         _REGISTERED.add(name)
-    return DotIntrinsic(name, lanes, full_range=kind == "vnni")
+    return DotIntrinsic(name, lanes, full_range=kind == "vnni", kind=kind)
 
 
 _REGISTERED: set[str] = set()

@@ -81,6 +81,12 @@ class QuantizedStats:
         return {k: v for k, v in self.__dict__.items() if k != "functions"}
 
 
+def is_integer_function(name: str) -> bool:
+    """Whether a compiled function (by name, as the VM calls it: ``sepconv_qpw_3``,
+    ``fused_sepconv_qmean_50_dequantize``) is one of our integer operators."""
+    return any(prefix in name for prefix in _FUNC_NAMES.values())
+
+
 def is_quantized(mod: tvm.IRModule) -> bool:
     """Whether ``main`` quantizes anything (a PT2E graph)."""
     found = []

@@ -39,6 +39,8 @@ class MachineLimits:
     copy_mb: float
     cache_copy_mb: float
     fma_loop_gflops: float = 0.0  # register-resident FMA loop (0: could not be built here)
+    int8_gops: float = 0.0  # the u8·s8 dot loop, GOP/s (0: not measured, or no dot instruction)
+    int8_dot: str = ""  # the dot intrinsic it ran (schedules.int8_intrinsics)
     sgemm_gflops: float = 0.0  # torch.matmul n×n
     mcpu: str = ""  # the CPU the FMA loop was compiled for
     method: str = (
@@ -53,6 +55,7 @@ class MachineLimits:
         ``measured``: measured before and after a profile, one tenant's burst cannot halve it."""
         keys = (
             "fma_gflops", "copy_gbs", "cache_copy_gbs", "fma_loop_gflops", "sgemm_gflops",
+            "int8_gops",
         )  # fmt: skip
         runs = (self.measured or [{k: getattr(self, k) for k in keys}]) + (
             other.measured or [{k: getattr(other, k) for k in keys}]
@@ -148,6 +151,81 @@ def fma_loop_gflops(threads: int, mcpu: str | None = None, runs: int = 5) -> flo
     return flop / s / 1e9
 
 
+def _dot_loop(threads: int, kind: str, lanes: int, chains: int, iters: int):
+    from tvm.script import tirx as T
+
+    from sepconv.schedules.int8_intrinsics import dot_accumulate
+
+    n, width = chains * lanes, 4 * lanes
+
+    @T.prim_func(s_tir=True)
+    def main(out: T.Buffer((threads, n), "int32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((n,), "int32", scope="local")
+            for j in T.vectorized(n):
+                acc[j] = out[t, j]  # unknown at compile time: nothing to fold
+            for _ in T.serial(iters):
+                for c in T.unroll(chains):
+                    # the bytes multiplied are the accumulator's own, so no product is loop-
+                    # invariant (a u8·s8 pair's would be hoisted out of the loop)
+                    v = acc[T.ramp(c * lanes, 1, lanes)]
+                    acc[T.ramp(c * lanes, 1, lanes)] = dot_accumulate(
+                        kind,
+                        lanes,
+                        v,
+                        T.reinterpret(v, dtype=f"uint8x{width}"),
+                        T.reinterpret(out[t, T.ramp(0, 1, lanes)], dtype=f"int8x{width}"),
+                    )
+            for j in T.vectorized(n):
+                out[t, j] = acc[j]
+
+    return main
+
+
+@functools.lru_cache(maxsize=8)
+def build_dot_loop(threads: int, mcpu: str | None = None, iters: int = FMA_ITERS):
+    """``(library, output shape, int8 ops per call (2 per multiply-add), instruction, spec)``
+    of a register-resident loop of the u8·s8 dot instruction our int8 kernels use on this CPU
+    (``mcpu``: another one it runs), or None where the code has no such instruction."""
+    import tvm
+
+    from sepconv.schedules.int8_intrinsics import dot_intrinsic
+    from sepconv.schedules.target_params import target_features
+    from sepconv.targets import resolve_target
+
+    spec = resolve_target("host", mcpu=mcpu)
+    dot = dot_intrinsic(target_features(spec.target))
+    if dot is None:
+        return None
+    func = _dot_loop(threads, dot.kind, dot.lanes, FMA_CHAINS, iters)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=spec.target)
+    ops = 2.0 * threads * iters * FMA_CHAINS * 4 * dot.lanes
+    return lib, (threads, FMA_CHAINS * dot.lanes), ops, dot.name, spec
+
+
+def dot_loop_gops(threads: int, mcpu: str | None = None, runs: int = 5) -> tuple[float, str]:
+    """(GOP/s, instruction) of the u8·s8 dot loop on ``threads`` threads: the int8 kernels'
+    compute ceiling, as the FMA loop is the fp32 kernels'; (0.0, "") where the code has no dot
+    instruction or the loop cannot be built or run here."""
+    import numpy as np
+    import tvm
+
+    try:
+        built = build_dot_loop(threads, mcpu)
+        if built is None:
+            return 0.0, ""
+        lib, shape, ops, name, spec = built
+        if not spec.is_host:
+            raise SepconvError(f"code for {spec.mcpu} does not run on this machine")
+        out = tvm.runtime.tensor(np.ones(shape, np.int32))
+        s = _median_s(lambda: lib["main"](out), runs, warmup=1)
+    except Exception as exc:  # noqa: BLE001 - as the FMA loop's: the other limits still measure
+        log.warning("no int8 dot loop for mcpu %s: %s", mcpu, exc)
+        return 0.0, ""
+    return ops / s / 1e9, name
+
+
 def copy_gbs(threads: int, nbytes: int = 256 << 20, runs: int = 7) -> float:
     """GB/s (read + written) of copying an ``nbytes`` fp32 array on ``threads`` threads."""
     import torch
@@ -183,9 +261,11 @@ def measure_limits(
     copy_mb: float = 256,
     cache_copy_mb: float = 4,
     runs: int = 5,
+    int8: bool = False,
 ) -> MachineLimits:
     """Measure FMA peak and copy bandwidth now, on ``threads`` threads (a few seconds);
-    ``mcpu``: the CPU the code runs as (an artifact's; default this machine's)."""
+    ``mcpu``: the CPU the code runs as (an artifact's; default this machine's); ``int8``: the
+    u8·s8 dot loop's peak too (:func:`dot_loop_gops`)."""
     if threads < 1:
         raise SepconvError(f"threads must be ≥ 1, got {threads}")
     if sgemm_n < 64 or copy_mb <= 0 or cache_copy_mb <= 0:
@@ -196,11 +276,14 @@ def measure_limits(
     t0 = time.perf_counter()
     loop = fma_loop_gflops(threads, mcpu, runs)
     sgemm = sgemm_gflops(threads, sgemm_n, runs)
+    int8_gops, int8_dot = dot_loop_gops(threads, mcpu, runs) if int8 else (0.0, "")
     limits = MachineLimits(
         threads=threads,
         fma_gflops=max(loop, sgemm),
         fma_loop_gflops=loop,
         sgemm_gflops=sgemm,
+        int8_gops=int8_gops,
+        int8_dot=int8_dot,
         mcpu=mcpu or "",
         copy_gbs=copy_gbs(threads, int(copy_mb * (1 << 20)), runs),
         cache_copy_gbs=copy_gbs(threads, int(cache_copy_mb * (1 << 20)), max(runs, 20)),

@@ -83,6 +83,7 @@ class FunctionRow:
     mac_blocks: list[int] = field(default_factory=list)  # per call
     peers: dict[str, PeerMatch] = field(default_factory=dict)
     record_us: float | None = None  # per run: its tuning record's time × calls, as tuned
+    integer: bool = False  # an int8 operator: its ceiling is the int8 dot loop's, not the FMA's
 
     @property
     def flops(self) -> float | None:
@@ -100,12 +101,18 @@ class FunctionRow:
     def gbs(self) -> float | None:
         return self.bytes / (self.us * 1e3) if self.bytes and self.us > 0 else None
 
+    def peak(self, limits: MachineLimits) -> float:
+        """The compute ceiling this function is held to: an int8 operator's is the u8·s8 dot
+        loop's (GOP/s, 2 per multiply-add) where that was measured, any other's the FMA peak."""
+        return limits.int8_gops if self.integer and limits.int8_gops else limits.fma_gflops
+
     def to_json(self, limits: MachineLimits) -> dict:
         d = asdict(self)
         d["peers"] = {k: asdict(v) for k, v in self.peers.items()}
         d.update(
             flops=self.flops, intensity=self.intensity, gflops=self.gflops, gbs=self.gbs,
             frac_fma_peak=self.gflops / limits.fma_gflops if self.gflops else None,
+            frac_peak=self.gflops / self.peak(limits) if self.gflops else None,
             frac_copy_bw=self.gbs / limits.copy_gbs if self.gbs else None,
         )  # fmt: skip
         return d
@@ -294,6 +301,8 @@ def _record(compiled, arrays: list[np.ndarray], warmup: int, runs: int, function
 
 
 def _rows(per_run, overhead_ns: float, functions: dict, shapes: dict) -> list[FunctionRow]:
+    from sepconv.compiler.int8.lowering import is_integer_function
+
     totals: dict[str, list[float]] = {}
     per_call: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
@@ -326,6 +335,7 @@ def _rows(per_run, overhead_ns: float, functions: dict, shapes: dict) -> list[Fu
                 macs=None if macs is None else int(macs) * calls,
                 bytes=None if not nbytes else int(nbytes) * calls, mac_blocks=blocks,
                 record_us=None if record_us is None else float(record_us) * calls,
+                integer=is_integer_function(name),
             )
         )  # fmt: skip
     rows.sort(key=lambda r: -r.us)
@@ -650,7 +660,11 @@ def profile(
         reference = _reference(compiled, reference, seed, len(arrays))
 
     # the FMA loop is built for the artifact's CPU: AVX2 code on an AVX-512 host has half its peak
-    limits_kw = {"mcpu": compiled.manifest.target.get("mcpu") or None, **(limits_kw or {})}
+    limits_kw = {
+        "mcpu": compiled.manifest.target.get("mcpu") or None,
+        "int8": (compiled.manifest.build or {}).get("precision") == "int8",
+        **(limits_kw or {}),
+    }
     before = measure_limits(run_threads, **limits_kw) if limits is None else None
     per_run, overhead_ns, shapes = _record(compiled, arrays, warmup, runs, functions)
     rows = _rows(per_run, overhead_ns, functions, shapes)
@@ -795,7 +809,14 @@ def _markdown(rep: ProfileReport) -> str:
         f"{lim.fma_gflops:.1f} GFLOP/s (FMA loop for {lim.mcpu or 'this CPU'} "
         f"{lim.fma_loop_gflops:.1f}, sgemm {lim.sgemm_n}² {lim.sgemm_gflops:.1f}), copy bandwidth "
         f"{lim.copy_gbs:.1f} GB/s ({lim.copy_mb:g} MB; {lim.cache_copy_gbs:.1f} GB/s at "
-        f"{lim.cache_copy_mb:g} MB, in cache); ridge {lim.ridge:.1f} FLOP/byte.  ",
+        f"{lim.cache_copy_mb:g} MB, in cache); ridge {lim.ridge:.1f} FLOP/byte"
+        + (
+            f"; int8 peak {lim.int8_gops:.1f} GOP/s ({lim.int8_dot} loop, 2 ops per "
+            "multiply-add), the ceiling of the integer operators' % peak"
+            if lim.int8_gops
+            else ""
+        )
+        + ".  ",
         f"Timing: {rep.method}; {rep.runs} runs after {rep.warmup} warm-up.",
         "",
     ]
@@ -818,7 +839,7 @@ def _markdown(rep: ProfileReport) -> str:
         cells = [
             f"`{_short(r.name)}`", r.kind, str(r.calls), f"{r.us:.1f}", _pct(r.share),
             _count(r.macs), _count(r.bytes), _f(r.intensity), _f(r.gflops),
-            _pct(r.gflops / lim.fma_gflops if r.gflops else None), _f(r.gbs),
+            _pct(r.gflops / r.peak(lim) if r.gflops else None), _f(r.gbs),
             _pct(r.gbs / lim.copy_gbs if r.gbs else None),
         ]  # fmt: skip
         if tuned:
@@ -852,7 +873,8 @@ def _markdown(rep: ProfileReport) -> str:
     lines += [
         "",
         "MACs and bytes per model run (all calls); bytes = every input, weight and output "
-        "once (compulsory traffic). % peak and % BW are of the limits above. A peer's time is "
+        "once (compulsory traffic). % peak and % BW are of the limits above (% peak of an int8 "
+        "operator: of the int8 peak, where measured). A peer's time is "
         "of its conv/matmul nodes matched to the function (with whatever it fuses into them); "
         "its other nodes — pools, layout reorders, anything it does not fuse — are the "
         "unmatched time above.",
@@ -897,6 +919,14 @@ def roofline_png(rep: ProfileReport, path: Path) -> Path:
         lw=1,
         label=f"{lim.cache_copy_gbs:.0f} GB/s ({lim.cache_copy_mb:g} MB copy, in cache)",
     )
+    if lim.int8_gops:
+        ax.plot(
+            grid,
+            np.minimum(lim.int8_gops, lim.copy_gbs * grid),
+            "k:",
+            lw=1,
+            label=f"int8 roofline: {lim.int8_gops:.0f} GOP/s ({lim.int8_dot} loop)",
+        )
     if pts:
         size = [20 + 400 * r.share for r in pts]
         ax.scatter(

@@ -109,6 +109,53 @@ def test_fma_loop_is_vector_fmas_on_the_cpus_registers(mcpu, register):
         measure_limits(0)
 
 
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 assembly")
+@pytest.mark.parametrize(
+    "mcpu, instructions",
+    [("haswell", ["vpmaddubsw", "vpmaddwd"]), ("skylake-avx512", ["vpmaddubsw", "vpmaddwd"]),
+     ("icelake-server", ["vpdpbusd"])],
+)  # fmt: skip
+def test_int8_dot_loop_is_the_kernels_dot_instruction(mcpu, instructions):
+    """The int8 peak loop runs the instruction our int8 kernels tensorize with on that CPU
+    (compiled, not run), once per chain per step: the ops figure counts 2 per multiply-add."""
+    from sepconv.bench.limits import FMA_CHAINS, build_dot_loop
+
+    lib, shape, ops, name, spec = build_dot_loop(2, mcpu, iters=10)
+    lanes = 8 if mcpu == "haswell" else 16
+    assert shape == (2, FMA_CHAINS * lanes) and ops == 2 * 2 * 10 * FMA_CHAINS * 4 * lanes
+    assert name.startswith(f"sepconv_dot_{lanes}x4")
+    asm = lib.mod.inspect_source("asm")
+    for instruction in instructions:
+        assert len(re.findall(rf"{instruction}\s", asm)) >= FMA_CHAINS, instruction
+    assert (mcpu == "icelake-server") == ("vpmaddubsw" not in asm)
+
+
+def test_an_int8_profile_holds_its_integer_operators_to_the_int8_peak(tmp_path):
+    """An int8 artifact's profile measures the dot loop's peak and holds the integer operators'
+    % peak to it; float functions keep the FMA peak."""
+    import sepconv
+    from tests.nets import tiny_separable
+
+    pytest.importorskip("torchao")
+    art = sepconv.compile(
+        tiny_separable(), precision="int8", example_input=torch.randn(1, 3, 16, 16),
+        out=tmp_path / "int8", tune_logs=False,
+    )  # fmt: skip
+    rep = P.profile(art.path, threads=1, runs=3, warmup=1, limits_kw=SMALL_LIMITS)
+    lim = rep.limits
+    integer = [r for r in rep.rows if r.integer]
+    assert integer and all("sepconv_q" in r.name for r in integer)
+    assert not [r for r in rep.rows if "sepconv_q" in r.name and not r.integer]
+    if not lim.int8_dot:  # no u8·s8 dot on this CPU: the FMA peak is every function's
+        assert lim.int8_gops == 0 and all(r.peak(lim) == lim.fma_gflops for r in rep.rows)
+        return
+    assert lim.int8_gops > 0 and len(lim.measured) == 2
+    assert all(r.peak(lim) == lim.int8_gops for r in integer)
+    row = next(r for r in integer if r.gflops)
+    assert row.to_json(lim)["frac_peak"] == pytest.approx(row.gflops / lim.int8_gops)
+    assert f"int8 peak {lim.int8_gops:.1f} GOP/s" in rep.markdown()
+
+
 def test_onnxruntime_profile_matches_every_conv(report):
     ort = report.peers["onnxruntime"]
     assert ort.status == "ok", ort.reason
