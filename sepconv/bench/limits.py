@@ -92,29 +92,38 @@ FMA_CHAINS = 12  # independent accumulators: ≥ latency × ports (4 × 2), and 
 FMA_ITERS = 400_000
 
 
-def _fma_loop(threads: int, lanes: int, chains: int, iters: int):
+def _register_loop(threads: int, dtype: str, lanes: int, chains: int, iters: int, step):
+    """One thread's ``chains`` independent vector recurrences ``acc = step(acc, out_row)`` of
+    ``lanes`` × ``dtype``, ``iters`` times, in registers: a compute ceiling, nothing else."""
     from tvm.script import tirx as T
 
     n = chains * lanes
 
     @T.prim_func(s_tir=True)
-    def main(out: T.Buffer((threads, n), "float32")):
+    def main(out: T.Buffer((threads, n), dtype)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for t in T.parallel(threads):
-            acc = T.alloc_buffer((n,), "float32", scope="local")
+            acc = T.alloc_buffer((n,), dtype, scope="local")
             for j in T.vectorized(n):
                 acc[j] = out[t, j]  # unknown at compile time: nothing to fold
             for _ in T.serial(iters):
                 for c in T.unroll(chains):
-                    for v in T.vectorized(lanes):
-                        # a recurrence no compiler can fold: one FMA per lane per step
-                        acc[c * lanes + v] = acc[c * lanes + v] * T.float32(0.9999999) + T.float32(
-                            1e-7
-                        )
+                    acc[T.ramp(c * lanes, 1, lanes)] = step(
+                        acc[T.ramp(c * lanes, 1, lanes)], out[t, T.ramp(0, 1, lanes)]
+                    )
             for j in T.vectorized(n):
                 out[t, j] = acc[j]
 
     return main
+
+
+def _fma_loop(threads: int, lanes: int, chains: int, iters: int):
+    from tvm import tirx
+
+    def fma(v, _row):  # a recurrence no compiler can fold: one FMA per lane per step
+        return v * tirx.const(0.9999999, "float32") + tirx.const(1e-7, "float32")
+
+    return _register_loop(threads, "float32", lanes, chains, iters, fma)
 
 
 @functools.lru_cache(maxsize=8)  # a profile measures before and after the model: build once
@@ -152,35 +161,19 @@ def fma_loop_gflops(threads: int, mcpu: str | None = None, runs: int = 5) -> flo
 
 
 def _dot_loop(threads: int, kind: str, lanes: int, chains: int, iters: int):
-    from tvm.script import tirx as T
+    from tvm import tirx
 
     from sepconv.schedules.int8_intrinsics import dot_accumulate
 
-    n, width = chains * lanes, 4 * lanes
+    width = 4 * lanes
 
-    @T.prim_func(s_tir=True)
-    def main(out: T.Buffer((threads, n), "int32")):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for t in T.parallel(threads):
-            acc = T.alloc_buffer((n,), "int32", scope="local")
-            for j in T.vectorized(n):
-                acc[j] = out[t, j]  # unknown at compile time: nothing to fold
-            for _ in T.serial(iters):
-                for c in T.unroll(chains):
-                    # the bytes multiplied are the accumulator's own, so no product is loop-
-                    # invariant (a u8·s8 pair's would be hoisted out of the loop)
-                    v = acc[T.ramp(c * lanes, 1, lanes)]
-                    acc[T.ramp(c * lanes, 1, lanes)] = dot_accumulate(
-                        kind,
-                        lanes,
-                        v,
-                        T.reinterpret(v, dtype=f"uint8x{width}"),
-                        T.reinterpret(out[t, T.ramp(0, 1, lanes)], dtype=f"int8x{width}"),
-                    )
-            for j in T.vectorized(n):
-                out[t, j] = acc[j]
+    def dot(v, row):
+        # the bytes multiplied are the accumulator's own, so no product is loop-invariant (a
+        # u8·s8 pair's would be hoisted out of the loop); the weights, a row of the output
+        words = tirx.reinterpret(f"uint8x{width}", v)
+        return dot_accumulate(kind, lanes, v, words, tirx.reinterpret(f"int8x{width}", row))
 
-    return main
+    return _register_loop(threads, "int32", lanes, chains, iters, dot)
 
 
 @functools.lru_cache(maxsize=8)

@@ -905,28 +905,17 @@ def roofline_png(rep: ProfileReport, path: Path) -> Path:
     lo = min(xs + [lim.ridge]) / 3 if xs else 0.1
     hi = max(xs + [lim.ridge]) * 3 if xs else 100
     grid = np.geomspace(lo, hi, 200)
-    ax.plot(
-        grid,
-        np.minimum(lim.fma_gflops, lim.copy_gbs * grid),
-        "k-",
-        lw=1.5,
-        label=f"roofline: {lim.fma_gflops:.0f} GFLOP/s, {lim.copy_gbs:.0f} GB/s (DRAM copy)",
-    )
-    ax.plot(
-        grid,
-        np.minimum(lim.fma_gflops, lim.cache_copy_gbs * grid),
-        "k--",
-        lw=1,
-        label=f"{lim.cache_copy_gbs:.0f} GB/s ({lim.cache_copy_mb:g} MB copy, in cache)",
-    )
+    roofs = [
+        (lim.fma_gflops, lim.copy_gbs, "k-", 1.5,
+         f"roofline: {lim.fma_gflops:.0f} GFLOP/s, {lim.copy_gbs:.0f} GB/s (DRAM copy)"),
+        (lim.fma_gflops, lim.cache_copy_gbs, "k--", 1,
+         f"{lim.cache_copy_gbs:.0f} GB/s ({lim.cache_copy_mb:g} MB copy, in cache)"),
+    ]  # fmt: skip
     if lim.int8_gops:
-        ax.plot(
-            grid,
-            np.minimum(lim.int8_gops, lim.copy_gbs * grid),
-            "k:",
-            lw=1,
-            label=f"int8 roofline: {lim.int8_gops:.0f} GOP/s ({lim.int8_dot} loop)",
-        )
+        label = f"int8 roofline: {lim.int8_gops:.0f} GOP/s ({lim.int8_dot} loop)"
+        roofs.append((lim.int8_gops, lim.copy_gbs, "k:", 1, label))
+    for peak, bandwidth, style, width, label in roofs:
+        ax.plot(grid, np.minimum(peak, bandwidth * grid), style, lw=width, label=label)
     if pts:
         size = [20 + 400 * r.share for r in pts]
         ax.scatter(
