@@ -90,6 +90,18 @@ def test_limits_are_measured_and_positive(report):
         assert m["fma_gflops"] == max(m["fma_loop_gflops"], m["sgemm_gflops"])
 
 
+def test_narrower_code_is_held_to_its_own_loop_not_the_hosts_sgemm():
+    """AVX2 code on an AVX-512 host: torch's sgemm runs AVX-512, so only the AVX2 FMA loop is
+    that code's ceiling."""
+    from sepconv.bench.limits import _vector_bits
+
+    if platform.machine() != "x86_64" or _vector_bits(None) <= 256:
+        pytest.skip("needs a host with vectors wider than AVX2's")
+    lim = measure_limits(1, mcpu="haswell", **SMALL_LIMITS)
+    assert lim.fma_loop_gflops > 0 and lim.sgemm_gflops > 0
+    assert lim.fma_gflops == lim.fma_loop_gflops
+
+
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 assembly")
 @pytest.mark.parametrize("mcpu, register", [("haswell", "ymm"), ("skylake-avx512", "zmm")])
 def test_fma_loop_is_vector_fmas_on_the_cpus_registers(mcpu, register):
