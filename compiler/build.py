@@ -44,6 +44,8 @@ class BuildStats:
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     seconds: dict[str, float] = field(default_factory=dict)
     functions: dict[str, dict] = field(default_factory=dict)  # per PrimFunc: compiler.costs
+    # schedule rules that raised, each function then taking a later (usually slower) rule
+    rule_failures: list[dict] = field(default_factory=list)
 
     @property
     def tasks_total(self) -> int:
@@ -65,6 +67,7 @@ class BuildStats:
             **({"precision": self.precision} if self.precision != "fp32" else {}),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "functions": self.functions,
+            "rule_failures": self.rule_failures,
         }
 
 
@@ -209,9 +212,10 @@ def primfunc_names(mod: tvm.IRModule) -> list[str]:
 
 
 def schedule(
-    mod: tvm.IRModule, target: tvm.target.Target, database=None
+    mod: tvm.IRModule, target: tvm.target.Target, database=None, failures: list | None = None
 ) -> tuple[tvm.IRModule, list[str]]:
-    """Schedule every PrimFunc: tuned records first, then our rule list for what is left."""
+    """Schedule every PrimFunc: tuned records first, then our rule list for what is left
+    (``failures``: the rules that raised, as :func:`sepconv.schedules.apply_schedules`)."""
     from sepconv.schedules import apply_schedules
 
     tuned: list[str] = []
@@ -219,7 +223,7 @@ def schedule(
         from sepconv.compiler.tuning.database import apply_database
 
         mod, tuned = apply_database(mod, target, database)
-    mod = apply_schedules(mod, target)
+    mod = apply_schedules(mod, target, failures=failures)
     return mod, tuned
 
 
@@ -303,7 +307,7 @@ def build(
     except Exception:  # noqa: BLE001
         log.warning("per-function costs could not be computed; the profile shows no MACs",
                     exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
-    mod, stats.tuned = schedule(mod, target, database)
+    mod, stats.tuned = schedule(mod, target, database, failures=stats.rule_failures)
     for name, us in record_times(mod).items():
         stats.functions.setdefault(name, {})["record_us"] = us
     if is_cuda:

@@ -101,24 +101,33 @@ def _rule_name(rule) -> str:
 
 
 def schedule_function(
-    func: tirx.PrimFunc, target: Target, rules: list, name: str = "<func>", tunable: bool = False
+    func: tirx.PrimFunc,
+    target: Target,
+    rules: list,
+    name: str = "<func>",
+    tunable: bool = False,
+    failures: list | None = None,
 ) -> tuple[s_tir.Schedule | None, str | None]:
     """Apply the first rule that accepts ``func``: ``(schedule, rule name)`` or ``(None, None)``.
 
-    A rule that raises is logged (warning, with rule and function names) and skipped.
+    A rule that raises is logged (warning, with rule and function names) and skipped; with
+    ``failures`` a list, ``{"function", "rule", "error"}`` is appended to it too — the next rule
+    is usually a slower schedule, which the build reports rather than hides.
     """
     for rule in rules:
         try:
             space = rule.apply(func, target, tunable)
         except Exception as exc:  # noqa: BLE001 - one broken rule must not kill the build
             first = str(exc).strip().splitlines()
+            error = f"{type(exc).__name__}: {first[-1][:200] if first else ''}"
             log.warning(
-                "schedule rule %s raised on %s (%s: %s); trying the next rule",
+                "schedule rule %s raised on %s (%s); trying the next rule",
                 _rule_name(rule),
                 name,
-                type(exc).__name__,
-                first[-1][:200] if first else "",
+                error,
             )
+            if failures is not None:
+                failures.append({"function": name, "rule": _rule_name(rule), "error": error})
             continue
         if space is None:
             continue
@@ -135,12 +144,14 @@ def apply_schedules(
     target: Target,
     rules: list | None = None,
     report: dict[str, str] | None = None,
+    failures: list | None = None,
 ) -> IRModule:
     """Schedule every PrimFunc of ``mod`` for ``target``; raise CompileError if any is left.
 
     Functions already marked ``tirx.is_scheduled`` (tuned records, hand-written kernels) are
     kept as they are. The input module is not modified. When ``report`` is a dict it is filled
-    with ``{function name: rule name}`` for the functions scheduled here.
+    with ``{function name: rule name}`` for the functions scheduled here; ``failures``, a list,
+    gets every rule that raised (:func:`schedule_function`).
     """
     if rules is None:
         rules = gpu_rules(target) if target.kind.name == "cuda" else cpu_rules(target)
@@ -149,7 +160,7 @@ def apply_schedules(
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
-        sch, rule = schedule_function(func, target, rules, gv.name_hint)
+        sch, rule = schedule_function(func, target, rules, gv.name_hint, failures=failures)
         if sch is None:
             continue
         updates[gv] = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)

@@ -137,6 +137,15 @@ def cmd_compile(args) -> int:
             f"{tri['se']} SE ({tri['kernels']} distinct); CUDA graph "
             f"{'on' if b.get('cuda_graph') else 'off'}"
         )
+    failures = b.get("rule_failures") or []
+    if failures:
+        named = "; ".join(f"{f['rule']} on {f['function']}" for f in failures[:3])
+        more = f" and {len(failures) - 3} more" if len(failures) > 3 else ""
+        print(
+            f"  warning: {len(failures)} schedule rule(s) raised, so those functions took a "
+            f"later, usually slower, rule: {named}{more} (manifest build.rule_failures has "
+            "the errors; please report them)"
+        )
     quant = art.manifest.model.get("quantization")
     if quant and quant.get("calibration", {}).get("kind") == "random":
         print(

@@ -62,9 +62,14 @@ class _Broken:
 def test_raising_rule_falls_through_to_fallback(mbv2_mod, target, caplog):
     mod, x, ref = mbv2_mod
     report: dict[str, str] = {}
+    failures: list = []
     with caplog.at_level(logging.WARNING, logger="sepconv.schedules"):
-        scheduled = apply_schedules(mod, target, rules=[_Broken(), Fallback()], report=report)
+        scheduled = apply_schedules(
+            mod, target, rules=[_Broken(), Fallback()], report=report, failures=failures
+        )
     assert set(report.values()) == {"Fallback"}
+    assert sorted(f["function"] for f in failures) == sorted(report)
+    assert all(f["rule"] == "Broken" and "deliberately broken" in f["error"] for f in failures)
     assert unscheduled_functions(scheduled) == []
     warned = [r.getMessage() for r in caplog.records if "Broken" in r.getMessage()]
     assert len(warned) == len(primfuncs(mod))
