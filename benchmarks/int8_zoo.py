@@ -8,7 +8,9 @@ VNNI, as sepconv does: :func:`sepconv.bench.peers.ort_quantize_static`, which
 ``sepconv bench --precision int8``'s ``onnxruntime-int8`` peer runs too). Every system is
 validated first — sepconv int8 by ``sepconv.validate`` (simulated quantization + fp32 rules),
 ONNX Runtime int8 by the same metrics against fp32 eager — and the accuracy figures (SQNR dB vs
-fp32, top-1 agreement with fp32 over the validation inputs) are printed beside the times.
+fp32, top-1 agreement with fp32 over the validation inputs) are printed beside the times, with
+the top-1 of PT2E's simulated quantization (the reference sepconv's operators match): what
+sepconv's quantization recipe costs before any kernel runs.
 Medians of interleaved rounds.
 
     TVM_NUM_THREADS=2 python benchmarks/int8_zoo.py [--models ...] [--calibration DATA]
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     from sepconv.bench.peers import ort_quantize_static, ort_reduce_range, ort_session
     from sepconv.compiler.int8.accuracy import cosine, sqnr_db
     from sepconv.compiler.int8.calibration import load_calibration
+    from sepconv.compiler.int8.ptq import quantized_reference
     from sepconv.compiler.validation import seeded_inputs
     from sepconv.models import get_model
     from sepconv.targets import resolve_target
@@ -70,6 +73,9 @@ def main(argv=None) -> int:
                              calibration=args.calibration)  # fmt: skip
         a32 = sepconv.compile(name, out=work / f"{name}-fp32", force=True)
         v8 = sepconv.validate(a8.path, num_inputs=args.inputs)
+        # PT2E's simulated quantization, the reference our operators match: what the recipe
+        # (scales, zero points, what stays float) costs before any kernel runs
+        simulated = quantized_reference(a8.manifest.model["quantization"], module, (x,))
         m8, m32 = sepconv.load(a8.path), sepconv.load(a32.path)
         onnx32, onnx8 = work / f"{name}.onnx", work / f"{name}-int8.onnx"
         torch.onnx.export(module, (x,), str(onnx32), dynamo=False, opset_version=17,
@@ -77,14 +83,17 @@ def main(argv=None) -> int:
         cal = load_calibration(args.calibration, [tuple(x.shape)], ["float32"])
         ort_quantize_static(onnx32, onnx8, cal.samples, reduce_range)
         s32, s8 = ort_session(onnx32, args.threads), ort_session(onnx8, args.threads)
-        # accuracy of both int8 systems against fp32 eager on the same inputs
-        acc = {"sepconv-int8": [], "onnxruntime-int8": []}
+        # accuracy of both int8 systems (and the simulation) against fp32 eager, same inputs
+        acc = {"sepconv-int8": [], "onnxruntime-int8": [], "pt2e-simulated": []}
         top1 = {k: 0 for k in acc}
         for i in range(args.inputs):
             xi = seeded_inputs(m8.inputs, i)[0]
             with torch.no_grad():
                 ref = module(torch.from_numpy(xi)).numpy()
-            outs = (("sepconv-int8", m8(xi)), ("onnxruntime-int8", s8.run(None, {"input": xi})[0]))
+                sim = simulated(torch.from_numpy(xi))
+            sim = (sim[0] if isinstance(sim, (tuple, list)) else sim).numpy()
+            outs = (("sepconv-int8", m8(xi)), ("onnxruntime-int8", s8.run(None, {"input": xi})[0]),
+                    ("pt2e-simulated", sim))  # fmt: skip
             for k, got in outs:
                 acc[k].append((sqnr_db(got, ref), cosine(got, ref)))
                 top1[k] += int(np.argmax(got) == np.argmax(ref))
@@ -144,8 +153,9 @@ def _markdown(report) -> str:
         f"{report['machine']['threads']} threads, batch 1, calibration: {report['calibration']}",
         "",
         "| model | sepconv int8 ms | sepconv fp32 | ORT int8 | ORT fp32 | int8 vs own fp32 | "
-        "vs ORT int8 | SQNR dB sepconv / ORT (median) | top-1 vs fp32 sepconv / ORT |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vs ORT int8 | SQNR dB sepconv / ORT (median) | top-1 vs fp32 sepconv / ORT | "
+        "top-1 of PT2E's simulation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ms, a = r["ms"], r["accuracy_vs_fp32"]
@@ -162,7 +172,8 @@ def _markdown(report) -> str:
             f"| {r['model']} | {f(s8)} | {f(s32)} | {f(o8)} | {f(o32)} | {ratio(s8, s32)} | "
             f"{ratio(s8, o8)} | {a['sepconv-int8']['sqnr_db_median']:.1f} / "
             f"{a['onnxruntime-int8']['sqnr_db_median']:.1f} | {a['sepconv-int8']['top1_agree']} / "
-            f"{a['onnxruntime-int8']['top1_agree']} |"
+            f"{a['onnxruntime-int8']['top1_agree']} | "
+            f"{a.get('pt2e-simulated', {}).get('top1_agree', '—')} |"
         )
     return "\n".join(lines) + "\n"
 
