@@ -254,6 +254,17 @@ def _vector_bits(mcpu: str | None) -> int:
     return resolve_target("host", mcpu=mcpu).vector_bits
 
 
+def _narrower_than_host(mcpu: str | None) -> bool:
+    """Whether code for ``mcpu`` has narrower vectors than this machine's (False when unknown:
+    the FMA loop for it could not be built either, and the sgemm is the only figure left)."""
+    if mcpu is None:
+        return False
+    try:
+        return _vector_bits(mcpu) < _vector_bits(None)
+    except SepconvError:
+        return False
+
+
 def measure_limits(
     threads: int,
     *,
@@ -280,7 +291,7 @@ def measure_limits(
     int8_gops, int8_dot = dot_loop_gops(threads, mcpu, runs) if int8 else (0.0, "")
     # torch's sgemm runs the host's widest vectors: no ceiling for narrower code (AVX2 code on
     # an AVX-512 host, whose 2048² sgemm measured 355 GFLOP/s against the AVX2 loop's 234)
-    narrower = mcpu is not None and _vector_bits(mcpu) < _vector_bits(None)
+    narrower = _narrower_than_host(mcpu)
     limits = MachineLimits(
         threads=threads,
         fma_gflops=loop if narrower and loop > 0 else max(loop, sgemm),
