@@ -23,7 +23,8 @@ MODELS = [
     # ~30 s and ~55 s each on 2 cores: in the slow tier, to keep the default one near 20 min
     pytest.param("mobilenet_v3_small:0.5@32", marks=pytest.mark.slow),  # SE, h-swish
     pytest.param("efficientnet_b0@32", marks=pytest.mark.slow),  # SE, SiLU, K5 depthwise
-    pytest.param("shufflenet_v2:0.5@64", marks=pytest.mark.slow),  # split, concat, shuffle
+    # split, concat, shuffle; width 1.0 for its 58-channel branches, which 4 does not divide
+    pytest.param("shufflenet_v2@32", marks=pytest.mark.slow),
 ]
 CLI_MODEL = "mobilenet_v2:0.35@32"
 # What quantization costs is the model's, not the compiler's: these 32×32 random-weight models
