@@ -100,8 +100,12 @@ def _impl(kind: str, lanes: int):
 class DotIntrinsic:
     name: str
     lanes: int
-    full_range: bool  # u8 activations may use 0…255 (no s16 saturation step)
-    kind: str = "pairs"  # "vnni" | "pairs" (dot_accumulate)
+    kind: str  # "vnni" | "pairs" (dot_accumulate)
+
+    @property
+    def full_range(self) -> bool:
+        """u8 activations may use 0…255: no s16 saturation step (VNNI only)."""
+        return self.kind == "vnni"
 
 
 def dot_intrinsic(features) -> DotIntrinsic | None:
@@ -121,7 +125,7 @@ def dot_intrinsic(features) -> DotIntrinsic | None:
 
         TensorIntrin.register(name, _desc(lanes), _impl(kind, lanes), override=True)
         _REGISTERED.add(name)
-    return DotIntrinsic(name, lanes, full_range=kind == "vnni", kind=kind)
+    return DotIntrinsic(name, lanes, kind)
 
 
 _REGISTERED: set[str] = set()
