@@ -214,14 +214,15 @@ def ort_session(path, threads: int, **options):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_reduce_range() -> bool:
+def ort_reduce_range(mcpu: str | None = None) -> bool:
     """Whether ONNX Runtime's int8 should use 7-bit weights here: without VNNI, x86's u8×s8 dot
     (``vpmaddubsw``) sums pairs into 16 bits, which full-range operands can saturate (sepconv
-    narrows its activations to 0…127 there instead)."""
+    narrows its activations to 0…127 there instead). ``mcpu``: sepconv's code CPU — AVX2 code
+    on a VNNI host is measured against ONNX Runtime quantized as for an AVX2 host."""
     from sepconv.compiler.int8.ptq import full_range_dot
     from sepconv.targets import resolve_target
 
-    return not full_range_dot(resolve_target("host").isa)
+    return not full_range_dot(resolve_target("host", mcpu=mcpu).isa)
 
 
 def ort_quantize_static(fp32_path, int8_path, samples, reduce_range: bool, input_name="input"):
@@ -330,7 +331,7 @@ class OnnxRuntimeInt8(OnnxRuntime):
         weights = {t.name for t in graph.initializer}
         input_name = next(i.name for i in graph.input if i.name not in weights)
         cal = self.settings.calibration_for(example)
-        reduce_range = ort_reduce_range()
+        reduce_range = ort_reduce_range(self.settings.mcpu)
         int8_path = path.with_suffix(".int8.onnx")
         try:
             ort_quantize_static(path, int8_path, cal.samples, reduce_range, input_name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 
 import pytest
@@ -407,6 +408,16 @@ def test_int8_bench_validates_by_sqnr_and_reports_it(int8_bench, calibration_fil
         assert text in md, text
     ours = systems["sepconv"]
     assert f"· {ours['validation']['sqnr_db']:.1f} dB" in md
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86 CPUs named")
+def test_onnxruntime_int8_is_quantized_for_sepconvs_code_isa():
+    """AVX2 code (no VNNI: sepconv narrows its activations) is measured against ONNX Runtime
+    quantized as for an AVX2 host — 7-bit, as ONNX Runtime documents there —, on any host."""
+    from sepconv.bench.peers import ort_reduce_range
+
+    assert ort_reduce_range("haswell") is True
+    assert ort_reduce_range("icelake-server") is False  # VNNI: the full u8 range
 
 
 def test_int8_broken_peer_fails_by_sqnr_and_is_not_timed(int8_bench):
