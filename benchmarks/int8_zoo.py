@@ -17,9 +17,9 @@ Medians of interleaved rounds.
         [--mcpu haswell]
     → prints the table; writes benchmarks/results/int8_zoo.json and int8_zoo.md
 
-``--mcpu haswell`` builds both sepconv systems as AVX2 code (no VNNI: activations narrowed to
-0…127), which an AVX-512 host runs; ONNX Runtime is then quantized as for an AVX2 host
-(``reduce_range``), but still picks its kernels for the host it runs on.
+``--mcpu haswell`` builds both sepconv systems as AVX2 code (no VNNI: 7-bit weights), which an
+AVX-512 host runs; ONNX Runtime is then quantized as for an AVX2 host (``reduce_range``: 7-bit
+weights too), but still picks its kernels for the host it runs on.
 
 Random-weight models quantize worse than trained ones: the SQNR figures compare the two
 quantizers on equal terms, they are not the models' real int8 accuracy.

@@ -3,9 +3,9 @@
 One intrinsic: ``C[L] += Σ_k u8 A[k] · s8 B[L, k]`` for k < 4 — four input channels of one
 pixel (broadcast as one 32-bit word) against L output channels' packed weights. Per ISA:
   avx2        L = 8:  ``vpmaddubsw`` (u8·s8 pairs → s16, saturating) + ``vpmaddwd`` by 1 → s32.
-              Exact only while a pair's sum fits in s16: 2·127·128 = 32512 does, 2·255·128 does
-              not — so x86 without VNNI quantizes activations to 0…127 (PT2E ``reduce_range``,
-              as ONNX Runtime does there).
+              Exact only while a pair's sum fits in s16: 2·255·64 = 32640 does, 2·255·128 does
+              not — so x86 without VNNI quantizes the weights to 7 bits, −64…63 (as ONNX
+              Runtime's ``reduce_range`` does there; ``compiler/int8/ptq.py``).
   avx512bw    L = 16: the same pair, 512-bit
   avx512vnni  L = 16: ``vpdpbusd`` (no s16 step: the full u8 range)
 TVM ships the two AVX-512 ones (``tvm.s_tir.tensor_intrin.x86``) but no AVX2 int8 dot, and

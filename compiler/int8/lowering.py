@@ -290,11 +290,15 @@ class _Lowering(FuncEmitter):
         return c >= 4 and self._on_dot(q)
 
     def _on_dot(self, q) -> bool:
-        """The target has a dot instruction and the unit's input stays within its exact range
-        (unsigned; 0…127 unless the dot takes the full u8 range)."""
+        """The target has a dot instruction and the unit stays within its exact range: unsigned
+        input, and on the pairs (``vpmaddubsw``: two u8·s8 products summed in s16) no pair
+        beyond s16 — 7-bit weights (2·255·64), or an input clamped to 0…127 (2·127·128)."""
         if self.dot is None or q.x.dtype != "uint8":
             return False
-        return self.dot.full_range or self._x_max(q) <= 127
+        if self.dot.full_range:
+            return True
+        w_max = int(np.abs(q.wq.value.numpy().astype(np.int32)).max(initial=0))
+        return 2 * self._x_max(q) * w_max <= np.iinfo(np.int16).max
 
     def _packs_conv(self, q, p) -> bool:
         """Whether a dense conv runs on the dot as a GEMM over its window rows

@@ -6,7 +6,10 @@ a graph of ``quantize → dequantize`` pairs around each op with int8 weights. T
 the accuracy reference (simulated quantization with the very scales and zero points we compile).
 
 The scheme, from the target:
-  weights      int8, symmetric, per output channel
+  weights      int8, symmetric, per output channel; 7-bit (−64…63) on x86 without VNNI, whose
+               ``vpmaddubsw`` sums u8·s8 pairs in s16 (2·255·64 fits, 2·255·128 does not) — ONNX
+               Runtime's ``reduce_range`` choice there, which keeps the per-tensor activations
+               at 8 bits and moves the lost bit to the finer per-channel weights
   activations  per tensor, affine; uint8 on x86 (the u8×s8 ``vpmaddubsw``/``vpdpbusd`` operand
                order), int8 on AArch64 (``sdot`` is s8×s8)
   observer     ``histogram`` (minimises the L2 quantization error: robust to outliers) or
@@ -48,12 +51,20 @@ RECIPES = {
 class QuantScheme:
     activations: str  # "uint8" | "int8"
     observer: str
-    reduce_range: bool = False  # uint8 activations in 0…127
-    weights: str = "int8 symmetric per output channel"
+    # uint8 activations in 0…127: how x86 without VNNI was quantized before 7-bit weights;
+    # still read from older artifacts' records, so that their reference rebuilds
+    reduce_range: bool = False
+    weight_max: int = 127  # symmetric weights in −(weight_max + 1)…weight_max
+
+    @property
+    def weights(self) -> str:
+        bits = self.weight_max.bit_length() + 1
+        return f"int{bits} symmetric per output channel" + ("" if bits == 8 else ", in int8")
 
     def to_json(self) -> dict:
         return {
             "weights": self.weights,
+            "weight_range": [-self.weight_max - 1, self.weight_max],
             "activations": f"{self.activations} affine per tensor",
             "activation_dtype": self.activations,
             "activation_range": [0, 127] if self.reduce_range else None,
@@ -66,6 +77,7 @@ class QuantScheme:
             activations=record["activation_dtype"],
             observer=record["observer"],
             reduce_range=record.get("activation_range") is not None,
+            weight_max=int(record.get("weight_range", [-128, 127])[1]),
         )
 
 
@@ -79,13 +91,13 @@ def full_range_dot(isa) -> bool:
 def scheme_for(
     target_arch: str, observer: str = DEFAULT_OBSERVER, full_range: bool = False
 ) -> QuantScheme:
-    """``full_range``: the target's dot instruction takes u8 activations 0…255 exactly (VNNI);
-    x86 without it quantizes them to 0…127 (``vpmaddubsw``'s s16 pair sum would saturate)."""
+    """``full_range``: the target's dot instruction takes u8 × s8 exactly (VNNI); x86 without
+    it quantizes the weights to 7 bits (``vpmaddubsw``'s s16 pair sum would saturate)."""
     if observer not in OBSERVERS:
         raise CompileError(f"unknown observer {observer!r}; choose one of {', '.join(OBSERVERS)}")
     if target_arch == "aarch64":
         return QuantScheme(activations="int8", observer=observer)
-    return QuantScheme(activations="uint8", observer=observer, reduce_range=not full_range)
+    return QuantScheme(activations="uint8", observer=observer, weight_max=127 if full_range else 63)
 
 
 def _quantizer(scheme: QuantScheme):
@@ -114,8 +126,8 @@ def _quantizer(scheme: QuantScheme):
     )
     weight = QuantizationSpec(
         dtype=torch.int8,
-        quant_min=-128,
-        quant_max=127,
+        quant_min=-scheme.weight_max - 1,
+        quant_max=scheme.weight_max,
         qscheme=torch.per_channel_symmetric,
         ch_axis=0,
         is_dynamic=False,

@@ -217,8 +217,8 @@ def ort_session(path, threads: int, **options):
 def ort_reduce_range(mcpu: str | None = None) -> bool:
     """Whether ONNX Runtime's int8 should use 7-bit weights here: without VNNI, x86's u8×s8 dot
     (``vpmaddubsw``) sums pairs into 16 bits, which full-range operands can saturate (sepconv
-    narrows its activations to 0…127 there instead). ``mcpu``: sepconv's code CPU — AVX2 code
-    on a VNNI host is measured against ONNX Runtime quantized as for an AVX2 host."""
+    quantizes its weights to 7 bits there too). ``mcpu``: sepconv's code CPU — AVX2 code on a
+    VNNI host is measured against ONNX Runtime quantized as for an AVX2 host."""
     from sepconv.compiler.int8.ptq import full_range_dot
     from sepconv.targets import resolve_target
 

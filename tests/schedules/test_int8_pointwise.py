@@ -203,17 +203,32 @@ def test_exact_integer_sum_at_the_edges_of_the_exact_range(pixels, c, o):
     dot = dot_intrinsic(target_features(target))
     if dot is None:
         pytest.skip("this host has no u8·s8 dot instruction the rule uses")
-    lanes = dot.lanes
+    fills = ((127, -128), (127, 127), (0, -128), (None, None))
+    _assert_exact_sums(target, dot.lanes, pixels, c, o, fills, 127, 128)
+
+
+@pytest.mark.parametrize("target, lanes", [(AVX2, 8), (AVX512, 16)], ids=["avx2", "avx512"])
+def test_the_pairs_are_exact_on_full_range_input_and_7_bit_weights(target, lanes):
+    """The scheme without VNNI: u8 0…255 × s8 −64…63, whose pair sums (2·255·64 = 32640) stay
+    inside s16 on ``vpmaddubsw`` — run on each pairs instruction this CPU has."""
+    require_runs_here(target)
+    fills = ((255, -64), (255, 63), (None, None))
+    _assert_exact_sums(target, lanes, 28, 64, 2 * lanes, fills, 255, 64)
+
+
+def _assert_exact_sums(target, lanes, pixels, c, o, fills, x_max: int, w_max: int) -> None:
+    """The packed pointwise built for ``target`` against numpy's integer GEMM (+ 1), on inputs
+    filled with each (x, w) of ``fills`` (None: random in 0…x_max and −w_max…w_max − 1)."""
     sch = Int8Pointwise().apply(_pointwise(pixels, c, o, lanes), target, False)
     assert sch is not None
     lib = tvm.compile(
         tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=target
     )
     rng = np.random.default_rng(0)
-    for x_fill, w_fill in ((127, -128), (127, 127), (0, -128), (None, None)):
+    for x_fill, w_fill in fills:
         shape = (1, 1, pixels, c)
-        x = rng.integers(0, 128, shape) if x_fill is None else np.full(shape, x_fill)
-        w = rng.integers(-128, 128, (c, o)) if w_fill is None else np.full((c, o), w_fill)
+        x = rng.integers(0, x_max + 1, shape) if x_fill is None else np.full(shape, x_fill)
+        w = rng.integers(-w_max, w_max, (c, o)) if w_fill is None else np.full((c, o), w_fill)
         x, w = x.astype(np.uint8), w.astype(np.int8)
         weights = [tvm.runtime.tensor(a) for a in ops.pack_pointwise(w, lanes) if a is not None]
         out = tvm.runtime.tensor(np.zeros((1, 1, pixels, o), np.int32))

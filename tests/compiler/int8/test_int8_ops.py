@@ -46,6 +46,7 @@ class Unit:
     act2: str = "none"  # after the residual add
     dtype: str = "uint8"  # activations: uint8 (x86), int8 (AArch64)
     narrow: bool = False  # reduce_range: the input map clamped to 0…127, as PT2E writes it
+    weight_bits: int = 8  # 7: −64…63, the scheme on x86 without VNNI
 
     @property
     def groups(self) -> int:
@@ -55,6 +56,7 @@ class Unit:
     def id(self) -> str:
         res = f"+res-{self.act2}" if self.residual else ""
         extra = ("-s8" if self.dtype == "int8" else "") + ("-narrow" if self.narrow else "")
+        extra += "" if self.weight_bits == 8 else f"-w{self.weight_bits}"
         return (
             f"{self.kind}-c{self.c}o{self.o}-k{self.k}s{self.stride}-{self.hw}x{self.hw}-"
             f"{self.act}{res}{extra}"
@@ -143,7 +145,8 @@ def _data(u: Unit, seed: int = 0, x_fill=None, w_fill=None) -> Data:
     shape = (1, u.c, u.hw, u.hw)
     xq = np.full(shape, x_fill) if x_fill is not None else rng.integers(lo, hi + 1, shape)
     wshape = (u.o, u.c // u.groups, u.k, u.k)
-    wq = np.full(wshape, w_fill) if w_fill is not None else rng.integers(-128, 128, wshape)
+    w_lo = -(2 ** (u.weight_bits - 1))
+    wq = np.full(wshape, w_fill) if w_fill is not None else rng.integers(w_lo, -w_lo, wshape)
     sw = (rng.random(u.o) * 0.02 + 0.001).astype(np.float32)
     b = rng.normal(size=u.o).astype(np.float32)
     oh = (u.hw + 2 * (u.k // 2) - u.k) // u.stride + 1
@@ -269,9 +272,10 @@ def test_unit_matches_fake_quant(unit: Unit, host):
     assert_close(got, ref)
 
 
-def test_narrow_pointwise_uses_the_dot_panels_when_the_target_has_them(host):
-    """A pointwise unit whose input is clamped to 0…127 is packed for the u8·s8 dot (AVX2 and
-    AVX-512BW pairs are exact only in that range); a full-range input is not, on those."""
+def test_pointwise_takes_the_dot_panels_where_no_pair_sum_leaves_s16(host):
+    """AVX2 and AVX-512BW pairs add two u8·s8 products in s16: a unit is packed for them when
+    its 7-bit weights (2·255·64) or an input clamped to 0…127 (2·127·128) keep every pair in
+    range, not with full-range input and 8-bit weights; VNNI packs all three."""
     from sepconv.schedules.int8_intrinsics import dot_intrinsic
     from sepconv.schedules.target_params import target_features
 
@@ -279,12 +283,14 @@ def test_narrow_pointwise_uses_the_dot_panels_when_the_target_has_them(host):
     if dot is None:
         pytest.skip("the host has no u8·s8 dot instruction")
     narrow = Unit("pointwise", 32, 32, 7, act="relu6", narrow=True)
+    seven_bit = Unit("pointwise", 32, 32, 7, act="relu6", weight_bits=7)
     full = Unit("pointwise", 32, 32, 7, act="relu6")
-    for u in (narrow, full):
+    for u in (narrow, seven_bit, full):
         got, ref, stats = run_unit(u, _data(u), host)
         assert_close(got, ref)
         packed = stats.sepconv_ops["int8"].get("packed")
-        assert packed == int(u.narrow or dot.full_range), (u.id, stats.sepconv_ops)
+        in_range = u.narrow or u.weight_bits == 7
+        assert packed == int(in_range or dot.full_range), (u.id, stats.sepconv_ops)
 
 
 # ShuffleNetV2's branch widths: output channels padded to whole panels, input channels left

@@ -81,3 +81,34 @@ def test_a_channel_concat_is_8_bit_on_one_scale(shape=(1, 3, 8, 8)):
     # the branch conv's output is quantized for the concat: an integer unit, not a float conv
     relu = [n for n in graph.nodes if _is(n, "relu")][0]
     assert any(_is(u, "quantize_per_tensor") for u in relu.users)
+
+
+@pytest.mark.parametrize("full_range, weight_max", [(True, 127), (False, 63)])
+def test_weights_are_7_bit_where_the_dot_sums_pairs_in_16_bits(full_range, weight_max):
+    """x86 without VNNI: ``vpmaddubsw`` adds two u8·s8 products in s16, so the weights are
+    quantized to −64…63 (2·255·64 = 32640 fits) and the activations keep their 8 bits; with
+    VNNI both keep the full range. The scheme is recorded, and rebuilt from the record."""
+    from sepconv.compiler.int8.ptq import QuantScheme, scheme_for
+
+    scheme = scheme_for("x86_64", full_range=full_range)
+    assert (scheme.weight_max, scheme.reduce_range) == (weight_max, False)
+    assert QuantScheme.from_json(scheme.to_json()) == scheme
+    reference, record = quantize_model(
+        SE().eval(), (torch.randn(1, 8, 8, 8),), full_range=full_range
+    )
+    assert record["weight_range"] == [-weight_max - 1, weight_max]
+    assert record["activation_range"] is None
+    exported = reference.graphs.exported
+    weights = [t for t in exported.constants.values() if t.dtype == torch.int8]
+    weights += [p for p in exported.state_dict.values() if p.dtype == torch.int8]
+    assert weights and max(int(w.abs().max()) for w in weights) <= weight_max + 1
+    assert min(int(w.min()) for w in weights) >= -weight_max - 1
+    assert any(int(w.max()) == weight_max or int(w.min()) == -weight_max - 1 for w in weights)
+
+
+def test_an_older_records_scheme_still_rebuilds():
+    """Recipe-2 AVX2 artifacts recorded 0…127 activations and no weight range."""
+    from sepconv.compiler.int8.ptq import QuantScheme
+
+    old = {"activation_dtype": "uint8", "observer": "histogram", "activation_range": [0, 127]}
+    assert QuantScheme.from_json(old) == QuantScheme("uint8", "histogram", reduce_range=True)
