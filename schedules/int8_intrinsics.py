@@ -8,6 +8,9 @@ pixel (broadcast as one 32-bit word) against L output channels' packed weights. 
               Runtime's ``reduce_range`` does there; ``compiler/int8/ptq.py``).
   avx512bw    L = 16: the same pair, 512-bit
   avx512vnni  L = 16: ``vpdpbusd`` (no s16 step: the full u8 range)
+  avxvnni     L = 8:  ``{vex} vpdpbusd`` on 256 bits (Alder Lake and later cores without AVX-512:
+              the Atom-class N100 boxes sold for edge inference among them) — AVX2 registers,
+              VNNI's single step
 TVM ships the two AVX-512 ones (``tvm.s_tir.tensor_intrin.x86``) but no AVX2 int8 dot, and
 importing its package costs ≈25 s (FACTS); one factory here makes all three, by lanes and
 instruction.
@@ -23,7 +26,9 @@ _PAIR = {  # lanes → (u8·s8 pairs → s16, s16 pairs → s32)
     8: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
     16: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
 }
-_VNNI = {16: "llvm.x86.avx512.vpdpbusd.512"}
+# LLVM names the 256-bit VEX (AVX-VNNI) and EVEX (AVX512-VL) forms by one intrinsic and encodes
+# it by the target's features
+_VNNI = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
 
 
 def _desc(lanes: int):
@@ -113,6 +118,8 @@ def dot_intrinsic(features) -> DotIntrinsic | None:
     features = set(features)
     if "avx512vnni" in features:
         lanes, kind = 16, "vnni"
+    elif "avxvnni" in features:
+        lanes, kind = 8, "vnni"
     elif "avx512bw" in features:
         lanes, kind = 16, "pairs"
     elif "avx2" in features:

@@ -60,7 +60,9 @@ def _x86_vector_bits(target: Target) -> int:
     return 128
 
 
-def target_features(target: Target, names=("avx2", "avx512f", "avx512bw", "avx512vnni")) -> set:
+def target_features(
+    target: Target, names=("avx2", "avx512f", "avx512bw", "avx512vnni", "avxvnni")
+) -> set:
     """Which of ``names`` the (x86) target has, by LLVM's reading of its mcpu and mattr."""
     from tvm.target.codegen import target_has_features
 

@@ -6,10 +6,11 @@ a graph of ``quantize → dequantize`` pairs around each op with int8 weights. T
 the accuracy reference (simulated quantization with the very scales and zero points we compile).
 
 The scheme, from the target:
-  weights      int8, symmetric, per output channel; 7-bit (−64…63) on x86 without VNNI, whose
-               ``vpmaddubsw`` sums u8·s8 pairs in s16 (2·255·64 fits, 2·255·128 does not) — ONNX
-               Runtime's ``reduce_range`` choice there, which keeps the per-tensor activations
-               at 8 bits and moves the lost bit to the finer per-channel weights
+  weights      int8, symmetric, per output channel; 7-bit (−64…63) on x86 without VNNI (AVX-512
+               VNNI or AVX-VNNI), whose ``vpmaddubsw`` sums u8·s8 pairs in s16 (2·255·64
+               fits, 2·255·128 does not) — ONNX Runtime's ``reduce_range`` choice there, which
+               keeps the per-tensor activations at 8 bits and moves the lost bit to the finer
+               per-channel weights
   activations  per tensor, affine; uint8 on x86 (the u8×s8 ``vpmaddubsw``/``vpdpbusd`` operand
                order), int8 on AArch64 (``sdot`` is s8×s8)
   observer     ``histogram`` (minimises the L2 quantization error: robust to outliers) or
@@ -82,10 +83,10 @@ class QuantScheme:
 
 
 def full_range_dot(isa) -> bool:
-    """Whether the target's u8·s8 dot instruction is exact on u8 0…255 (AVX-512 VNNI's
-    ``vpdpbusd``); without it x86's ``vpmaddubsw`` sums pairs into s16, which full-range
-    operands can saturate. ``isa``: the target's feature names."""
-    return "avx512vnni" in isa
+    """Whether the target's u8·s8 dot instruction is exact on u8 × s8 (``vpdpbusd``: AVX-512
+    VNNI, or AVX-VNNI's 256-bit form); without it x86's ``vpmaddubsw`` sums pairs into s16,
+    which full-range operands can saturate. ``isa``: the target's feature names."""
+    return "avx512vnni" in isa or "avxvnni" in isa
 
 
 def scheme_for(

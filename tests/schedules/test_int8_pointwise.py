@@ -25,12 +25,20 @@ AVX512 = tvm.target.Target(
 VNNI = tvm.target.Target(
     {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake", "num-cores": 2}
 )
+AVX_VNNI = tvm.target.Target(
+    {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake", "num-cores": 2}
+)
 
 
 EACH_DOT = pytest.mark.parametrize(
     "target, lanes, instruction",
-    [(AVX2, 8, "vpmaddubsw"), (AVX512, 16, "vpmaddubsw"), (VNNI, 16, "vpdpbusd")],
-    ids=["avx2", "avx512", "vnni"],
+    [
+        (AVX2, 8, "vpmaddubsw"),
+        (AVX512, 16, "vpmaddubsw"),
+        (VNNI, 16, "vpdpbusd"),
+        (AVX_VNNI, 8, "vpdpbusd"),  # VEX-encoded: no AVX-512 on the target
+    ],
+    ids=["avx2", "avx512", "vnni", "avx-vnni"],
 )  # each x86 dot instruction: its target and panel lanes
 
 

@@ -418,6 +418,7 @@ def test_onnxruntime_int8_is_quantized_for_sepconvs_code_isa():
 
     assert ort_reduce_range("haswell") is True
     assert ort_reduce_range("icelake-server") is False  # VNNI: the full u8 range
+    assert ort_reduce_range("alderlake") is False  # AVX-VNNI's 256-bit vpdpbusd
 
 
 def test_int8_broken_peer_fails_by_sqnr_and_is_not_timed(int8_bench):

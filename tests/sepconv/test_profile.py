@@ -125,7 +125,7 @@ def test_fma_loop_is_vector_fmas_on_the_cpus_registers(mcpu, register):
 @pytest.mark.parametrize(
     "mcpu, instructions",
     [("haswell", ["vpmaddubsw", "vpmaddwd"]), ("skylake-avx512", ["vpmaddubsw", "vpmaddwd"]),
-     ("icelake-server", ["vpdpbusd"])],
+     ("icelake-server", ["vpdpbusd"]), ("alderlake", ["vpdpbusd"])],
 )  # fmt: skip
 def test_int8_dot_loop_is_the_kernels_dot_instruction(mcpu, instructions):
     """The int8 peak loop runs the instruction our int8 kernels tensorize with on that CPU
@@ -133,13 +133,13 @@ def test_int8_dot_loop_is_the_kernels_dot_instruction(mcpu, instructions):
     from sepconv.bench.limits import FMA_CHAINS, build_dot_loop
 
     lib, shape, ops, name, spec = build_dot_loop(2, mcpu, iters=10)
-    lanes = 8 if mcpu == "haswell" else 16
+    lanes = 8 if mcpu in ("haswell", "alderlake") else 16
     assert shape == (2, FMA_CHAINS * lanes) and ops == 2 * 2 * 10 * FMA_CHAINS * 4 * lanes
     assert name.startswith(f"sepconv_dot_{lanes}x4")
     asm = lib.mod.inspect_source("asm")
     for instruction in instructions:
         assert len(re.findall(rf"{instruction}\s", asm)) >= FMA_CHAINS, instruction
-    assert (mcpu == "icelake-server") == ("vpmaddubsw" not in asm)
+    assert (mcpu in ("icelake-server", "alderlake")) == ("vpmaddubsw" not in asm)
 
 
 def test_an_int8_profile_holds_its_integer_operators_to_the_int8_peak(tmp_path):
