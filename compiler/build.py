@@ -26,6 +26,7 @@ from sepconv.compiler.passes import (
     fold_constants,
     lift_constants,
 )
+from sepconv.compiler.tvm_compat import partition_before_narrowing
 from sepconv.errors import CompileError
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ def build(
         else contextlib.nullcontext()
     )
     try:
-        with target, graph_ctx, _kernel_binaries(target, stats):
+        with target, graph_ctx, _kernel_binaries(target, stats), partition_before_narrowing():
             executable = tvm.compile(mod, target=target, relax_pipeline=_finalize_pipeline(target))
     except Exception as exc:
         raise CompileError(

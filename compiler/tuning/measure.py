@@ -33,8 +33,11 @@ def build_candidate(mod: Any, target: Any, tspec: Any) -> str:
     import tvm
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from sepconv.compiler.tvm_compat import partition_before_narrowing
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    lib = tvm.compile(mod, target=target)
+    with partition_before_narrowing():  # as the deployed build compiles it
+        lib = tvm.compile(mod, target=target)
     path = os.path.join(tempfile.mkdtemp(prefix="sepconv-tune-"), "candidate.so")
     if tspec is None:
         lib.export_library(path)
