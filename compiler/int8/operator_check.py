@@ -34,8 +34,15 @@ import torch
 import torch.fx
 
 from sepconv.compiler.int8.layer_error import _is, _is_quantize
+from sepconv.compiler.int8.lowering import is_integer_function
 
 TIE_EPS = 1e-3  # how near ½ (in steps) the reference's rounded value is a tie
+# … for a quantize written by one of our float functions (not an integer operator): its float
+# input is then computed twice in fp32, by us and by the reference, in different orders, and
+# forcing cannot align it (it is not an 8-bit tensor). ShuffleNetV2's last 1×1 conv, whose
+# output PT2E leaves float into the mean pool, put two of 1024 pooled values 0.4 and 0.7 % of a
+# step from a tie (AVX2 code, 7-bit weights)
+FLOAT_FED_TIE_EPS = 2e-2
 MIN_MATCH = 0.5  # fraction exact-or-tie for a tensor to be taken as the reference's
 MIN_EXACT = 0.999  # the issue's rule: ≥ 99.9 % of elements exact (ties count as exact)
 EXACT_REL = 1e-5  # float outputs: |Δ| ≤ EXACT_REL · max|ref| is float noise
@@ -128,6 +135,7 @@ class _Quantized:
     name: str
     q: np.ndarray  # the 8-bit output, NCHW
     alt: np.ndarray  # the value a rounding tie also allows (== q where there is none)
+    alt_float: np.ndarray  # the same within FLOAT_FED_TIE_EPS: for our float functions
 
 
 def graph_module(reference) -> torch.fx.GraphModule | None:
@@ -162,21 +170,25 @@ class _QuantizeRecorder(torch.fx.Interpreter):
     def run_node(self, n):
         out = super().run_node(n)
         if _is_quantize(n) and isinstance(out, torch.Tensor):
-            alt = self._own_alt(n, out)
             carried = self._carried_alt(n)
-            if carried is not None:
-                alt = torch.where(carried != out, carried, alt)
-            self._alt[n.name] = alt
-            self.found.append(_Quantized(n.name, out.numpy().copy(), alt.numpy().copy()))
+            alts = []
+            for eps in (TIE_EPS, FLOAT_FED_TIE_EPS):
+                alt = self._own_alt(n, out, eps)
+                if carried is not None:
+                    alt = torch.where(carried != out, carried, alt)
+                alts.append(alt)
+            self._alt[n.name] = alts[0]
+            self.found.append(_Quantized(n.name, out.numpy().copy(),
+                                         *(a.numpy().copy() for a in alts)))  # fmt: skip
         return out
 
-    def _own_alt(self, n, out: torch.Tensor) -> torch.Tensor:
+    def _own_alt(self, n, out: torch.Tensor, eps: float) -> torch.Tensor:
         args, _ = self.fetch_args_kwargs_from_env(n)
         x, scale, zero_point, lo, hi = args[:5]
         # what torch's quantize_per_tensor rounds: x · (1/s), both float32
         v = x.float() * torch.tensor(1.0 / float(scale), dtype=torch.float32)
         low = torch.floor(v)
-        tie = ((v - low) - 0.5).abs() <= TIE_EPS
+        tie = ((v - low) - 0.5).abs() <= eps
 
         def q(k):
             return torch.clamp(k + int(zero_point), int(lo), int(hi)).to(out.dtype)
@@ -218,10 +230,11 @@ def _layouts(a: np.ndarray, shape: tuple) -> list:
     return out
 
 
-def _compare(got: np.ndarray, ref: _Quantized, held) -> tuple[float, float, int]:
+def _compare(got: np.ndarray, ref: _Quantized, held, float_fed: bool) -> tuple[float, float, int]:
     """(fraction exact, fraction that is the value a reference tie allows instead, most steps
-    off elsewhere) of ``got`` against ``ref`` held as ``held`` (one of :func:`_layouts`)."""
-    q, alt = held(ref.q), held(ref.alt)
+    off elsewhere) of ``got`` against ``ref`` held as ``held`` (one of :func:`_layouts`);
+    ``float_fed``: written by a float function of ours (:data:`FLOAT_FED_TIE_EPS`)."""
+    q, alt = held(ref.q), held(ref.alt_float if float_fed else ref.alt)
     d = np.abs(got.astype(np.int32) - q.astype(np.int32))
     tie = (d != 0) & (got == alt)
     exact = float(np.mean(d == 0))
@@ -270,7 +283,7 @@ def check_operators(compiled, reference, arrays: list[np.ndarray]) -> OperatorCh
             best = None
             for ref in by_shape.get(got.size, []):
                 for held in _layouts(ref.q, got.shape):
-                    exact, ties, steps = _compare(got, ref, held)
+                    exact, ties, steps = _compare(got, ref, held, not is_integer_function(symbol))
                     if best is None or exact + ties > best[0] + best[1]:
                         best = (exact, ties, steps, ref, held)
             result = OperatorResult(symbol, tuple(got.shape), None)
