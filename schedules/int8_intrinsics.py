@@ -8,11 +8,11 @@ pixel (broadcast as one 32-bit word) against L output channels' packed weights. 
               Runtime's ``reduce_range`` does there; ``compiler/int8/ptq.py``).
   avx512bw    L = 16: the same pair, 512-bit
   avx512vnni  L = 16: ``vpdpbusd`` (no s16 step: the full u8 range)
-  avxvnni     L = 8:  ``{vex} vpdpbusd`` on 256 bits (Alder Lake and later cores without AVX-512:
-              the Atom-class N100 boxes sold for edge inference among them) — AVX2 registers,
-              VNNI's single step
+  avxvnni     L = 8:  ``vpdpbusd`` on 256 bits, VEX-encoded (Alder Lake and later cores without
+              AVX-512: the Atom-class N100 boxes sold for edge inference among them) — AVX2
+              registers, VNNI's single step
 TVM ships the two AVX-512 ones (``tvm.s_tir.tensor_intrin.x86``) but no AVX2 int8 dot, and
-importing its package costs ≈25 s (FACTS); one factory here makes all three, by lanes and
+importing its package costs ≈25 s (FACTS); one factory here makes all four, by lanes and
 instruction.
 """
 
