@@ -329,7 +329,7 @@ def build(
         else contextlib.nullcontext()
     )
     try:
-        with target, graph_ctx, _kernel_binaries(target, stats), partition_before_narrowing():
+        with target, graph_ctx, _kernel_binaries(target, stats), partition_before_narrowing(target):
             executable = tvm.compile(mod, target=target, relax_pipeline=_finalize_pipeline(target))
     except Exception as exc:
         raise CompileError(

@@ -36,7 +36,7 @@ def build_candidate(mod: Any, target: Any, tspec: Any) -> str:
     from sepconv.compiler.tvm_compat import partition_before_narrowing
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    with partition_before_narrowing():  # as the deployed build compiles it
+    with partition_before_narrowing(target):  # as the deployed build compiles it
         lib = tvm.compile(mod, target=target)
     path = os.path.join(tempfile.mkdtemp(prefix="sepconv-tune-"), "candidate.so")
     if tspec is None:

@@ -324,7 +324,7 @@ def _hinted_int64_loop(patched: bool) -> str:
     sch.annotate(sch.get_loops(sch.get_sblock("crop"))[0], "pragma_loop_partition_hint", 1)
     target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver4"})
     s_tir, tirx = tvm.s_tir.transform, tvm.tirx.transform
-    patch = tvm_compat.partition_before_narrowing() if patched else contextlib.nullcontext()
+    patch = tvm_compat.partition_before_narrowing(target) if patched else contextlib.nullcontext()
     with patch:
         passes = [tirx.BindTarget(target), s_tir.LowerInitBlock(), s_tir.ConvertBlocksToOpaque(),
                   s_tir.LowerOpaqueBlock(), tirx.FlattenBuffer(), tirx.NarrowDataType(32),
@@ -342,3 +342,12 @@ def test_partitioning_before_narrowing_keeps_the_whole_tiles_vectorized():
     narrow = tvm.tirx.transform.NarrowDataType
     assert "T.Ramp(" in _hinted_int64_loop(patched=True)
     assert tvm.tirx.transform.NarrowDataType is narrow  # restored
+
+
+def test_partitioning_before_narrowing_is_for_x86_only():
+    """On AArch64 the patch is a no-op (a cross-compiled model built with it hung on the
+    emulated device)."""
+    narrow = tvm.tirx.transform.NarrowDataType
+    arm = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"})
+    with tvm_compat.partition_before_narrowing(arm):
+        assert tvm.tirx.transform.NarrowDataType is narrow
