@@ -304,11 +304,10 @@ def partition_before_narrowing(target: Any) -> Iterator[None]:
     from tvm import s_tir, tirx
     from tvm.ir.transform import Sequential
 
+    from sepconv.schedules.target_params import cpu_arch
+
     original = tirx.transform.NarrowDataType
-    triple = str(getattr(target, "attrs", {}).get("mtriple", "") or "") if target else ""
-    x86 = triple.startswith(("x86_64", "i386", "i686")) or (
-        target is not None and target.kind.name == "llvm" and not triple
-    )
+    x86 = target is not None and target.kind.name == "llvm" and cpu_arch(target) == "x86"
     if not x86 or getattr(original, "partitions_first", False):  # nested: already in place
         yield
         return

@@ -66,7 +66,7 @@ def target_features(
     """Which of ``names`` the (x86) target has, by LLVM's reading of its mcpu and mattr."""
     from tvm.target.codegen import target_has_features
 
-    if _arch(target) != "x86":
+    if cpu_arch(target) != "x86":
         return set()
     try:
         return {n for n in names if target_has_features(n, target)}
@@ -74,7 +74,8 @@ def target_features(
         return set()
 
 
-def _arch(target: Target) -> str:
+def cpu_arch(target: Target) -> str:
+    """An LLVM target's CPU family: ``x86``, ``aarch64``, ``arm`` or ``other``."""
     triple = str(target.attrs.get("mtriple", "") or "")
     keys = set(target.keys)
     if triple.startswith(("x86_64", "i386", "i686")):
@@ -92,7 +93,7 @@ def _arch(target: Target) -> str:
 
 def cpu_params(target: Target) -> CpuParams:
     """Read the SIMD width, register count and core count the rules size their tiles by."""
-    arch = _arch(target)
+    arch = cpu_arch(target)
     if arch == "x86":
         bits = _x86_vector_bits(target)
         regs = 32 if bits == 512 else 16
