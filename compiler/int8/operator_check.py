@@ -171,30 +171,28 @@ class _QuantizeRecorder(torch.fx.Interpreter):
         out = super().run_node(n)
         if _is_quantize(n) and isinstance(out, torch.Tensor):
             carried = self._carried_alt(n)
-            alts = []
-            for eps in (TIE_EPS, FLOAT_FED_TIE_EPS):
-                alt = self._own_alt(n, out, eps)
-                if carried is not None:
-                    alt = torch.where(carried != out, carried, alt)
-                alts.append(alt)
+            alts = self._own_alts(n, out, (TIE_EPS, FLOAT_FED_TIE_EPS))
+            if carried is not None:
+                alts = [torch.where(carried != out, carried, alt) for alt in alts]
             self._alt[n.name] = alts[0]
             self.found.append(_Quantized(n.name, out.numpy().copy(),
                                          *(a.numpy().copy() for a in alts)))  # fmt: skip
         return out
 
-    def _own_alt(self, n, out: torch.Tensor, eps: float) -> torch.Tensor:
+    def _own_alts(self, n, out: torch.Tensor, windows) -> list[torch.Tensor]:
+        """``out`` with the other rounding where ``x · (1/s)`` is within each window of a tie."""
         args, _ = self.fetch_args_kwargs_from_env(n)
         x, scale, zero_point, lo, hi = args[:5]
         # what torch's quantize_per_tensor rounds: x · (1/s), both float32
         v = x.float() * torch.tensor(1.0 / float(scale), dtype=torch.float32)
         low = torch.floor(v)
-        tie = ((v - low) - 0.5).abs() <= eps
+        off_tie = ((v - low) - 0.5).abs()
 
         def q(k):
             return torch.clamp(k + int(zero_point), int(lo), int(hi)).to(out.dtype)
 
         other = torch.where(q(low) == out, q(low + 1), q(low))
-        return torch.where(tie, other, out)
+        return [torch.where(off_tie <= eps, other, out) for eps in windows]
 
     def _carried_alt(self, n) -> torch.Tensor | None:
         chain, x = [], n.args[0]
