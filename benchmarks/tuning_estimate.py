@@ -1,15 +1,17 @@
 """Tuner estimate vs the model: what the tune log says each function takes, against its time in
-the model, under two ways of timing candidates.
+the model, under the three ways ``sepconv tune --cache`` can time candidates.
 
 Per model (default MobileNetV3-Small, V2 and V1 at 224; batch 1, fp32, 2 threads):
 
-1. **The model**: compiled with the shipped tune logs, timed whole (TVM's time evaluator,
-   median) and profiled per function inside the model (``sepconv profile``'s instrument hook).
+1. **The model**: compiled with the shipped tune logs' records for this CPU (with
+   ``--records-from-other-cpus``, any CPU's: they are re-timed here either way), timed whole
+   (TVM's time evaluator, median) and profiled per function inside the model (``sepconv
+   profile``'s instrument hook).
 2. **The records**: each task's best record, as logged (``build.functions[…].record_us``), and
-   re-timed here now in a fresh process pool, once as ``sepconv tune`` times candidates (3
-   timings of ≥25 ms each: the weights stay in cache between calls) and once as
-   ``sepconv tune --flush-cache`` does (every argument but the input flushed from the caches
-   before each single call: weights read cold, as the model reads them once per inference).
+   re-timed here now in a fresh process pool in each cache state: ``model`` (the default: calls
+   rotate over copies of the weights and output spanning twice the L2 caches, the input
+   shared), ``warm`` (MetaSchedule's: the same arguments again and again) and ``flushed`` (every
+   argument but the input flushed from the caches before each single call).
 3. **Estimates**: Σ over functions of calls × µs per way, against the model's time.
 
     python benchmarks/tuning_estimate.py               # ~4 minutes a model on 2 cores
@@ -30,10 +32,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v3_small", "mobilenet_v2", "mobilenet_v1")
-WAYS = {"warm": {}, "flushed": {"flush_cache": True}}  # MeasureConfig fields per way
+WAYS = {way: {"cache": way} for way in ("warm", "model", "flushed")}  # MeasureConfig per way
 
 
-def retime_records(graph, tspec, ways: dict) -> tuple[dict[str, float], dict[str, dict]]:
+def retime_records(
+    graph, tspec, ways: dict, any_cpu: bool
+) -> tuple[dict[str, float], dict[str, dict]]:
     """(calls per task, {way: µs per call per task}) for each task's best shipped record."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -43,7 +47,8 @@ def retime_records(graph, tspec, ways: dict) -> tuple[dict[str, float], dict[str
     from sepconv.targets.devices import parse_device
 
     tasks = extract_tasks([("model", graph)], tspec.target)
-    db, _ = tuning_db.database_for_build(tspec.key)
+    cpu = None if any_cpu else tuning_db.record_cpu(tspec.target)
+    db, _ = tuning_db.database_for_build(tspec.key, cpu=cpu)
     cands, calls = [], {}
     for t in tasks:
         top = db.get_top_k(db.commit_workload(t.mod), 1) if db is not None else []
@@ -74,19 +79,22 @@ def retime_records(graph, tspec, ways: dict) -> tuple[dict[str, float], dict[str
     return calls, out
 
 
-def estimate_model(name: str, threads: int, runs: int, workdir: Path) -> dict:
+def estimate_model(name: str, threads: int, runs: int, workdir: Path, any_cpu: bool) -> dict:
     import sepconv
     from sepconv.bench.profile import profile
     from sepconv.compiler.importer import import_module
     from sepconv.models.registry import get_model
     from sepconv.targets import resolve_target
 
-    art = sepconv.compile(name, target="host", out=workdir / name.replace(":", "_"), force=True)
+    art = sepconv.compile(
+        name, target="host", out=workdir / name.replace(":", "_"), force=True,
+        records_from_other_cpus=any_cpu,
+    )  # fmt: skip
     prof = profile(art.path, threads=threads, runs=runs)
     here = {r.name: r for r in prof.rows}
     spec = get_model(name)
     calls, timed = retime_records(
-        import_module(spec.module, (spec.example_input(),)), resolve_target("host"), WAYS
+        import_module(spec.module, (spec.example_input(),)), resolve_target("host"), WAYS, any_cpu
     )
     funcs = sorted(set(calls) & set(here) & set.intersection(*(set(v) for v in timed.values())))
     logged = {n: (art.manifest.build["functions"].get(n) or {}).get("record_us") for n in funcs}
@@ -111,14 +119,16 @@ def estimate_model(name: str, threads: int, runs: int, workdir: Path) -> dict:
 
 
 def table(results: list[dict]) -> str:
+    ways = [w for w in WAYS if all(w in r["sums_ms"] for r in results)]
     head = (
-        "| model | functions | model ms | Σ in model (hook) | logged | re-timed warm "
-        "| re-timed flushed |"
+        "| model | functions | model ms | Σ in model (hook) | logged | "
+        + " | ".join(f"re-timed {w}" for w in ways)
+        + " |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|" + "---|" * len(ways)]
     for r in results:
         s, m = r["sums_ms"], r["model_ms"]
-        cells = [f"{s[k]:.3f} ({s[k] / m:.2f}×)" for k in ("in_model", "logged", "warm", "flushed")]
+        cells = [f"{s[k]:.3f} ({s[k] / m:.2f}×)" for k in ("in_model", "logged", *ways)]
         funcs = f"{r['functions']}/{r['functions_total']}"
         lines.append(f"| {r['model']} | {funcs} | {m:.3f} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -132,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
     p.add_argument("--runs", type=int, default=50, help="profiled runs (default 50)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument(
+        "--records-from-other-cpus",
+        action="store_true",
+        help="build with and re-time the records of any CPU (default: this CPU's, as a build)",
+    )
     args = p.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
 
@@ -140,13 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="sepconv-estimate-") as tmp:
         for name in args.models:
-            results.append(estimate_model(name, args.threads, args.runs, Path(tmp)))
+            results.append(
+                estimate_model(
+                    name, args.threads, args.runs, Path(tmp), args.records_from_other_cpus
+                )
+            )
             print(table(results[-1:]).splitlines()[2], flush=True)
     print(table(results))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "tuning_estimate.json"
     path.write_text(
-        json.dumps({"machine": machine_info(), "threads": args.threads, "models": results},
+        json.dumps({"machine": machine_info(), "threads": args.threads,
+                    "records_from_other_cpus": args.records_from_other_cpus, "models": results},
                    indent=1) + "\n"
     )  # fmt: skip
     print(f"wrote {path}")

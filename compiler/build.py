@@ -43,6 +43,8 @@ class BuildStats:
     cuda_kernels: str | None = None  # CUDA: "binary" (nvcc at build) or "source" (at load)
     precision: str = "fp32"
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
+    # PrimFuncs left to the rules whose records were measured on other CPUs → those CPUs
+    tuned_elsewhere: dict[str, list[str]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     functions: dict[str, dict] = field(default_factory=dict)  # per PrimFunc: compiler.costs
     # schedule rules that raised, each function then taking a later (usually slower) rule
@@ -61,6 +63,7 @@ class BuildStats:
             "tasks_total": self.tasks_total,
             "tasks_tuned": self.tasks_tuned,
             "tuned_functions": sorted(self.tuned),
+            **({"tuned_on_other_cpus": self.tuned_elsewhere} if self.tuned_elsewhere else {}),
             "sepconv_ops": self.sepconv_ops,
             **({"triton_ops": self.triton_ops} if self.triton_ops is not None else {}),
             **({"cuda_graph": self.cuda_graph} if self.cuda_graph is not None else {}),
@@ -228,6 +231,16 @@ def schedule(
     return mod, tuned
 
 
+def tuned_elsewhere(mod: tvm.IRModule, database) -> dict[str, list[str]]:
+    """The PrimFuncs of the fused, unscheduled ``mod`` that ``database`` has records for only
+    from other CPUs (:func:`sepconv.compiler.tuning.database.records_on_other_cpus`)."""
+    if database is None:
+        return {}
+    from sepconv.compiler.tuning.database import records_on_other_cpus
+
+    return records_on_other_cpus(mod, database)
+
+
 def _finalize_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     if target.kind.name == "cuda":  # its finalize passes include RewriteCUDAGraph
         from tvm.relax.backend.cuda import pipeline as cuda
@@ -303,12 +316,16 @@ def build(
     t0 = time.perf_counter()
     mod = fuse(mod, target)
     stats.primfuncs = primfunc_names(mod)
+    elsewhere = tuned_elsewhere(mod, database)
     try:  # what `sepconv profile` puts on the roofline; never a reason for a build to fail
         stats.functions = {name: c.to_json() for name, c in sorted(function_costs(mod).items())}
     except Exception:  # noqa: BLE001
         log.warning("per-function costs could not be computed; the profile shows no MACs",
                     exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
     mod, stats.tuned = schedule(mod, target, database, failures=stats.rule_failures)
+    stats.tuned_elsewhere = {
+        name: cpus for name, cpus in elsewhere.items() if name not in stats.tuned
+    }
     for name, us in record_times(mod).items():
         stats.functions.setdefault(name, {})["record_us"] = us
     if is_cuda:

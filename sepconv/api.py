@@ -53,6 +53,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     cuda_arch: str | None = None,
     sepconv_ops: bool = True,
     tune_logs: bool | str | os.PathLike | list = True,
+    records_from_other_cpus: bool = False,
     cuda_graph: bool | None = None,
     precision: str = "fp32",
     on_stage: Callable[[str], None] | None = None,
@@ -74,6 +75,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
     ``tune_logs``: tuning records to schedule with — ``True`` the shipped ``tune_logs/<key>/``,
     ``False`` none, a directory the shipped logs plus that one, a list exactly those (``True``
     in it standing for the shipped logs); see :func:`sepconv.compiler.tuning.database.log_dirs`.
+    Only the records measured on the CPU the build is for (LLVM's ``mcpu``: the host's, or
+    ``mcpu``) are used; the manifest names the functions that have records from other CPUs
+    only (``build.tuned_on_other_cpus``), and ``records_from_other_cpus=True`` uses those too.
 
     CUDA only: ``cuda_graph`` replays the whole model as one CUDA graph (default: on for batch
     1); ``precision="fp16"`` computes in half precision behind a float32 interface.
@@ -116,9 +120,10 @@ def compile(  # noqa: A001 - mirrors tvm.compile / torch.compile
         if calibration is not None:
             raise SepconvError("calibration data is for precision='int8' (--precision int8)")
         graph = import_module(module, inputs)
-    from sepconv.compiler.tuning.database import database_for_build
+    from sepconv.compiler.tuning.database import database_for_build, record_cpu
 
-    database, log_dirs = database_for_build(tspec.key, tune_logs)
+    cpu = None if records_from_other_cpus else record_cpu(tspec.target)
+    database, log_dirs = database_for_build(tspec.key, tune_logs, cpu=cpu)
     result = build(
         graph,
         tspec.target,

@@ -99,6 +99,7 @@ def cmd_compile(args) -> int:
         cuda_arch=args.cuda_arch,
         sepconv_ops=not args.no_sepconv_ops,
         tune_logs=[True] * (not args.no_tune_logs) + [args.tune_log] * bool(args.tune_log),
+        records_from_other_cpus=args.records_from_other_cpus,
         cuda_graph=args.cuda_graph,
         precision=args.precision,
         on_stage=progress,
@@ -112,6 +113,14 @@ def cmd_compile(args) -> int:
         f"  target {art.manifest.target['triple']} ({art.manifest.target.get('key', '')}); "
         f"{b['tasks_tuned']} of {b['tasks_total']} tasks tuned"
     )
+    elsewhere = b.get("tuned_on_other_cpus") or {}
+    if elsewhere:
+        cpus = sorted({c for cs in elsewhere.values() for c in cs})
+        print(
+            f"  {len(elsewhere)} more tasks have records measured on {', '.join(cpus)}, not on "
+            f"this build's CPU ({art.manifest.target.get('mcpu') or 'generic'}): built with our "
+            "rules; `sepconv tune` measures this CPU, --records-from-other-cpus uses them"
+        )
     ops = b.get("sepconv_ops")
     if ops and "int8" in ops:
         q = ops["int8"]
@@ -265,8 +274,9 @@ def cmd_tune(args) -> int:
     models = ", ".join(args.model)
     print(f"tuning {models} for {args.target} on {args.device}", file=sys.stderr)
     measure = None
-    if args.min_repeat_ms is not None or args.timeout is not None or args.flush_cache:
-        measure = MeasureConfig(flush_cache=args.flush_cache)
+    cache = "flushed" if args.flush_cache else args.cache
+    if args.min_repeat_ms is not None or args.timeout is not None or cache is not None:
+        measure = MeasureConfig(cache=cache)
         if args.device != "local":
             measure.min_repeat_ms = 0
         if args.min_repeat_ms is not None:
@@ -514,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ignore the tuning records shipped in tune_logs/ (rule schedules only)",
     )
+    c.add_argument(
+        "--records-from-other-cpus",
+        action="store_true",
+        help="also schedule with records measured on other CPUs of the target's class (by "
+        "default a build uses only those measured on its own CPU, LLVM's mcpu)",
+    )
     c.set_defaults(func=cmd_compile)
 
     v = sub.add_parser("validate", help="compare a compiled artifact with eager PyTorch")
@@ -611,11 +627,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--timeout", type=float, help="seconds per measurement before it fails")
     t.add_argument(
-        "--flush-cache",
-        action="store_true",
-        help="time each candidate with its weights flushed from the caches (one call per "
-        "timing), as the model reads them; see benchmarks/tuning_estimate.py",
+        "--cache",
+        choices=("model", "warm", "flushed"),
+        help="the caches' state while a candidate is timed: as the model leaves them (weights "
+        "beyond L2, input hot; default on this machine), warm (MetaSchedule's; default over "
+        "RPC) or flushed (weights from DRAM); see benchmarks/tuning_estimate.py",
     )
+    t.add_argument("--flush-cache", action="store_true", help="the same as --cache flushed")
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     t.set_defaults(func=cmd_tune, no_sepconv_ops=False)
 

@@ -70,6 +70,8 @@ __all__ = [
     "mean_secs",
     "normalize_for_database",
     "open_database",
+    "record_cpu",
+    "records_on_other_cpus",
     "shipped_log_dir",
 ]
 
@@ -129,6 +131,19 @@ class LoadReport:
     workloads: int = 0
     records: int = 0
     skipped: list[str] = field(default_factory=list)
+    # workload hash → the CPUs of its records that were not loaded (measured on another CPU)
+    other_cpus: dict[str, set[str]] = field(default_factory=dict)
+
+
+def record_cpu(target: Any) -> str | None:
+    """The CPU a record was measured on, from its target (a ``Target`` or a record's target
+    JSON): LLVM's ``mcpu`` name (``""`` for a generic CPU target), or None for a GPU target,
+    whose log key already names its architecture (``cuda-sm90``)."""
+    if not isinstance(target, dict):
+        target = {"kind": target.kind.name, "mcpu": str(target.attrs.get("mcpu", ""))}
+    if target.get("kind") != "llvm":
+        return None
+    return str(target.get("mcpu") or "")
 
 
 def _is_workload_line(obj) -> str | None:
@@ -325,12 +340,15 @@ class TuneLog:
             self._index, self._lines, self._offset = {}, 0, 0
         return len(before), len(after)
 
-    def count_records(self) -> dict[str, int]:
-        """Valid records per workload hash (for resuming: what is already measured)."""
+    def count_records(self, cpu: str | None = None) -> dict[str, int]:
+        """Valid records per workload hash (for resuming: what is already measured), only
+        those measured on ``cpu`` when it is given (:func:`record_cpu`)."""
         report = LoadReport()
         workloads, records = self.read(report)
         counts: dict[str, int] = {}
-        for _, (index, _rec) in records:
+        for _, (index, rec) in records:
+            if not _measured_on(rec, cpu):
+                continue
             shash = workloads[index][0]
             counts[shash] = counts.get(shash, 0) + 1
         return counts
@@ -357,7 +375,12 @@ class TuneLog:
             runs = list(data.get("runs", []))
             runs.append(run)
             data["format"] = "sepconv-tune-log-provenance"
-            data["target"] = target
+            targets = dict(data.get("targets") or {})
+            if "target" in data and not targets:  # a log from before targets were kept per CPU
+                targets[str(data["target"].get("mcpu", ""))] = data["target"]
+            targets[str(target.get("mcpu", ""))] = target
+            data["target"] = target  # the latest run's
+            data["targets"] = targets  # per CPU (LLVM's mcpu), as the records are filed
             data["models"] = sorted(set(data.get("models", [])) | set(models))
             data["trials_total"] = sum(int(r.get("trials", 0)) for r in runs)
             data["wall_seconds_total"] = round(sum(float(r.get("wall_seconds", 0)) for r in runs))
@@ -411,11 +434,25 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[-1][:120] if text else ''}"
 
 
+def _measured_on(rec: list, cpu: str | None) -> bool:
+    """Whether a record line's record (``[trace, run_secs, target, args]``) was measured on
+    ``cpu``; every record is when ``cpu`` is None, and so is one with no target or a GPU's."""
+    if cpu is None or len(rec) < 3 or not isinstance(rec[2], dict):
+        return True
+    measured = record_cpu(rec[2])
+    return measured is None or measured == cpu
+
+
 def _collect(
-    dirs: Sequence[Path], report: LoadReport, only: set[str] | None = None
+    dirs: Sequence[Path],
+    report: LoadReport,
+    only: set[str] | None = None,
+    cpu: str | None = None,
 ) -> dict[str, list[tuple[str, list, list]]]:
     """The validated lines of ``dirs`` by workload hash: ``(workload file:line, workload JSON,
-    [(where, record)])`` per log that has the workload, parsed as JSON but not yet by TVM."""
+    [(where, record)])`` per log that has the workload, parsed as JSON but not yet by TVM.
+    With ``cpu``, records measured on other CPUs are left out and named in
+    ``report.other_cpus``."""
     found: dict[str, list[tuple[str, list, list]]] = {}
     for d in dirs:
         tlog = TuneLog(d)
@@ -425,7 +462,11 @@ def _collect(
         workloads, records = tlog.read(report)
         by_workload: dict[int, list[tuple[str, list]]] = {}
         for where, (index, rec) in records:
-            by_workload.setdefault(index, []).append((where, rec))
+            if _measured_on(rec, cpu):
+                by_workload.setdefault(index, []).append((where, rec))
+            elif only is None or workloads[index][0] in only:
+                elsewhere = report.other_cpus.setdefault(workloads[index][0], set())
+                elsewhere.add(record_cpu(rec[2]) or "generic")
         for index, recs in by_workload.items():
             shash = workloads[index][0]
             if only is None or shash in only:
@@ -567,12 +608,20 @@ def open_database(
     only: set[str] | None = None,
     warn: bool = True,
     lazy: bool = False,
+    cpu: str | None = None,
 ):
     """A MetaSchedule database holding the valid records of every log in ``dirs`` (missing ones
     are fine) and, when ``write_dir`` is given, appending new records there as they are
     committed. ``top_k`` keeps only the fastest records per workload (a build needs one);
     ``only`` restricts it to these workload hashes. Skipped lines are logged as warnings naming
     ``file:line``; the load summary is on the returned database's ``report``.
+
+    ``cpu`` (LLVM's ``mcpu`` name, :func:`record_cpu`): only the records measured on that CPU
+    are loaded; the others are counted per workload in ``report.other_cpus``. A record says how
+    fast a schedule ran on one CPU, and one log folder serves a whole ISA class: on this
+    project's machines records tuned on another CPU of the class made models slower than our
+    rules (README, "Shipped tune log"), and the fastest record of a mixed log is the one
+    measured on the fastest machine.
 
     ``lazy``: TVM reads a workload's records when a query first names it, not here. A build
     queries only its model's workloads, a few dozen of the shipped log's hundreds; the lines
@@ -588,7 +637,7 @@ def open_database(
     ms = _ms()
     report = LoadReport()
     inner = ms.database.MemoryDatabase(module_equality="structural")
-    found = _collect(paths, report, only)
+    found = _collect(paths, report, only, cpu)
     if not lazy:
         for entries in found.values():
             _commit(inner, entries, report, top_k)
@@ -675,15 +724,37 @@ def apply_database(mod, target, database) -> tuple[object, list[str]]:
     return mod, sorted(tuned)
 
 
-def database_for_build(key: str, sources=True):
-    """The merged database a build reads (None when there is no log), and the dirs read."""
+def database_for_build(key: str, sources=True, cpu: str | None = None):
+    """The merged database a build reads (None when there is no log), and the dirs read;
+    ``cpu``: only records measured on that CPU (:func:`open_database`)."""
     dirs = [d for d in log_dirs(key, sources) if d.is_dir()]
     if not dirs:
         return None, []
-    db = open_database(dirs, top_k=1, lazy=True)
-    if not db.pending and len(db) == 0:
+    db = open_database(dirs, top_k=1, lazy=True, cpu=cpu)
+    if not db.pending and not db.report.other_cpus and len(db) == 0:
         return None, []
     return db, [str(d) for d in db.report.dirs]
+
+
+def records_on_other_cpus(mod: Any, database: Any) -> dict[str, list[str]]:
+    """PrimFunc name → the CPUs whose records for it ``database`` left out, for every PrimFunc
+    of ``mod`` not scheduled from a record: what tuning elsewhere would have applied."""
+    from tvm import tirx
+
+    other = getattr(getattr(database, "report", None), "other_cpus", None)
+    if not other:
+        return {}
+    out = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and SCHEDULED_ATTR in func.attrs:
+            continue
+        key = _ms().database.Workload(normalize_for_database(func)).as_json()[0]
+        cpus = other.get(key)
+        if cpus:
+            out[gv.name_hint] = sorted(cpus)
+    return out
 
 
 def require_writable(path: Path) -> None:

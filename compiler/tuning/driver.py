@@ -150,8 +150,13 @@ def tune(
             raise TuningError(f"no task name matches {task_filter!r}")
 
     on_stage("read tuning log")
-    database = tuning_db.open_database([], write_dir=log_dir, only={t.workload_hash for t in tasks})
-    logged = tuning_db.TuneLog(log_dir).count_records()
+    # what another CPU measured says nothing of this one: its records are neither resumed nor
+    # compared with (a build uses only its own CPU's, tuning_db.open_database)
+    cpu = tuning_db.record_cpu(tspec.target)
+    database = tuning_db.open_database(
+        [], write_dir=log_dir, only={t.workload_hash for t in tasks}, cpu=cpu
+    )
+    logged = tuning_db.TuneLog(log_dir).count_records(cpu)
     results = [
         TaskResult(t.name, t.weight, logged=logged.get(t.workload_hash, 0), models=list(t.models))
         for t in tasks
@@ -245,6 +250,7 @@ def _search(
         return None
 
     measure = measure or (MeasureConfig() if dev.is_local else MeasureConfig(min_repeat_ms=0))
+    report.cache = measure.state(dev.is_local)
     per_iter = per_iter or max(4, min(64, remaining // len(contexts)))
     on_stage(f"tune {len(contexts)} tasks on {dev}")
     builder = make_pool_builder(

@@ -77,6 +77,7 @@ class TuneReport:
     tuning_seconds: float  # the measurement loop only
     skipped_measured: int = 0  # candidates answered from the log instead of re-measured
     stopped: str | None = None  # why the run ended early, if it did
+    cache: str | None = None  # the caches' state candidates were timed in (MeasureConfig)
 
     @property
     def trials_per_minute(self) -> float:
@@ -100,6 +101,7 @@ class TuneReport:
             "skipped_measured": self.skipped_measured,
             "estimated_ms": round(self.estimated_ms, 4),
             "stopped": self.stopped,
+            "cache": self.cache,
             "tasks": [t.to_json() for t in self.tasks],
         }
 
@@ -224,6 +226,8 @@ def record_provenance(report: TuneReport, appended: int, tspec: Any) -> None:
         "models": report.models,
         "device": report.device,
         "machine": machine_description(),  # the host: the device itself when local
+        "mcpu": tspec.mcpu,  # the CPU its records are filed under (database.record_cpu)
+        "cache": report.cache,  # how candidates were timed: records of other states differ
         "trials": report.trials,
         "records_written": appended,
         "trials_per_minute": round(report.trials_per_minute, 1),

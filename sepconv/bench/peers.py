@@ -567,8 +567,10 @@ class Sepconv(Peer):
         )  # fmt: skip
         b = art.manifest.build
         tuned, total = int(b.get("tasks_tuned", 0)), int(b.get("tasks_total", 0))
+        elsewhere = len(b.get("tuned_on_other_cpus") or {})
+        untuned = "untuned" + (f" ({elsewhere} tasks tuned on other CPUs)" if elsewhere else "")
         info = {
-            "tuned": f"tuned {tuned}/{total} tasks" if tuned else "untuned",
+            "tuned": f"tuned {tuned}/{total} tasks" if tuned else untuned,
             "tasks_tuned": tuned,
             "tasks_total": total,
             "target": art.manifest.target.get("key"),

@@ -107,6 +107,10 @@ def test_tuning_writes_records_as_measured(tuned):
     prov = json.loads((log / "provenance.json").read_text())
     run = prov["runs"][-1]
     assert run["trials"] == 10 and run["versions"]["tvm"]
+    # how and for which CPU the records were measured: the default times in the model's state
+    host = resolve_target("host")
+    assert report.cache == run["cache"] == "model" and run["mcpu"] == host.mcpu
+    assert prov["targets"][host.mcpu]["key"] == log.name
     assert prov["models"] == ["TinySeparable"] and prov["target"]["key"] == log.name
     assert run["machine"]["cpu"]
 
@@ -199,6 +203,32 @@ def test_the_rules_own_choice_is_measured_and_never_beats_the_best_record(tuned)
         else:
             assert own is None and best is None  # nothing logged for it
     assert checked == len(measured) > 0
+
+
+def test_records_measured_on_another_cpu_are_named_not_applied(tuned, tmp_path):
+    """The same log with its records' target naming another CPU: the build uses our rules,
+    says which functions another CPU tuned, and uses them when asked to."""
+    import shutil
+
+    root, report = tuned
+    moved = tmp_path / "logs" / key_dir(root).name
+    shutil.copytree(key_dir(root), moved)
+    recs = [json.loads(ln) for ln in record_lines(moved)]
+    for rec in recs:
+        rec[1][2]["mcpu"] = "some-other-cpu"
+    (moved / tuning_db.RECORD_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tuned_tasks = sorted(t.name for t in report.tasks if t.trials)
+
+    art = sepconv.compile(tiny_separable(), example_input=X, out=tmp_path / "a", tune_logs=[moved])
+    build = art.manifest.build
+    assert build["tasks_tuned"] == 0
+    assert build["tuned_on_other_cpus"] == {n: ["some-other-cpu"] for n in tuned_tasks}
+    forced = sepconv.compile(
+        tiny_separable(), example_input=X, out=tmp_path / "b", tune_logs=[moved],
+        records_from_other_cpus=True,
+    )  # fmt: skip
+    assert forced.manifest.build["tuned_functions"] == tuned_tasks
+    assert "tuned_on_other_cpus" not in forced.manifest.build
 
 
 def test_records_serve_another_model_sharing_a_layer(tuned, tmp_path):
@@ -348,15 +378,16 @@ def test_tuning_locally_for_cpu_features_the_host_lacks_is_refused(tmp_path, as_
 
 
 def test_flush_cache_times_single_calls_with_cold_weights(monkeypatch):
-    """`sepconv tune --flush-cache`: each timing is one call after TVM flushes every argument but
-    the input from the caches (a repeated call would find the weights cached again)."""
+    """`sepconv tune --cache flushed` (`--flush-cache`): each timing is one call after TVM
+    flushes every argument but the input from the caches (a repeated call would find the
+    weights cached again)."""
     from sepconv.cli import EXIT_ERROR, main
     from sepconv.compiler import tuning
     from sepconv.compiler.tuning import measure as measuring
     from sepconv.errors import SepconvError
 
-    warm = measuring.evaluator_config(MeasureConfig())
-    cold = measuring.evaluator_config(MeasureConfig(flush_cache=True))
+    warm = measuring.evaluator_config(MeasureConfig(cache="warm"))
+    cold = measuring.evaluator_config(MeasureConfig(cache="flushed"))
     assert (warm.number, warm.min_repeat_ms, warm.enable_cpu_cache_flush) == (1, 25, False)
     assert (cold.number, cold.min_repeat_ms, cold.enable_cpu_cache_flush) == (1, 0, True)
     assert cold.repeat >= measuring.FLUSHED_REPEAT > warm.repeat
@@ -369,5 +400,52 @@ def test_flush_cache_times_single_calls_with_cold_weights(monkeypatch):
     monkeypatch.setattr(tuning, "tune", fake_tune)
     assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1", "--flush-cache"]) == EXIT_ERROR
     assert seen["measure"].flush_cache
+    assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1", "--cache", "warm"]) == EXIT_ERROR
+    assert seen["measure"].cache == "warm"
     assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1"]) == EXIT_ERROR
-    assert seen["measure"] is None  # the driver's default: warm, ≥25 ms timings
+    assert seen["measure"] is None  # the driver's default: cache="model" locally
+
+
+def test_candidates_are_timed_with_the_caches_as_the_model_leaves_them():
+    """The default local timing (cache="model") rotates copies of a candidate's weights and
+    output, spanning twice the L2 caches, over one shared input: each call reads weights the
+    other copies have pushed out of L2, as the rest of the model does between two inferences.
+    Over RPC it is refused (the loop runs in this process); there TVM's evaluator times."""
+    import numpy as np
+    import tvm
+
+    from sepconv.compiler.tuning import measure as measuring
+    from sepconv.errors import TuningError
+    from sepconv.targets.devices import parse_device
+
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.full(n, i, "float32"), dev) for i, n in enumerate((8, 1024, 256))]
+    sets = measuring.rotated_arguments(args, dev, span=64 << 10)
+    own = (1024 + 256) * 4
+    assert len(sets) == -(-(64 << 10) // own) and sets[0] == args
+    assert all(s[0] is args[0] for s in sets)  # the input is shared: hot, as in the model
+    assert len({id(s[1]) for s in sets}) == len(sets)  # weights and outputs: one copy a call
+    assert all(np.array_equal(s[1].numpy(), args[1].numpy()) for s in sets)
+
+    called = []
+
+    class FakeModule:
+        entry_name = "main"
+
+        def __getitem__(self, name):
+            return lambda *a: called.append(tuple(id(x) for x in a))
+
+    config = measuring.evaluator_config(MeasureConfig(repeat=2, min_repeat_ms=1))
+    costs = measuring.rotating_run_evaluator(FakeModule(), dev, config, [args])
+    assert len(costs) == 2 and all(c > 0 for c in costs)
+    rotation = len({c[1] for c in called})
+    assert rotation == -(-measuring.rotation_bytes() // own) and len(called) % rotation == 0
+
+    assert measuring.MeasureConfig().state(local=True) == "model"
+    assert measuring.MeasureConfig().state(local=False) == "warm"
+    with pytest.raises(TuningError, match="over RPC"):
+        measuring.make_runner(parse_device("rpc://127.0.0.1:9"), MeasureConfig(cache="model"))
+    with pytest.raises(TuningError, match="cache must be"):
+        MeasureConfig(cache="cold")
+    runner = measuring.make_runner(parse_device("local"), MeasureConfig())
+    assert runner.f_run_evaluator is measuring.rotating_run_evaluator

@@ -35,7 +35,7 @@ def workload(rows: int):
     return tuning_db.normalize_for_database(te.create_prim_func([a, b]))
 
 
-def record(mod, factor: int, secs: float = 1e-6):
+def record(mod, factor: int, secs: float = 1e-6, target=TARGET):
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.database import TuningRecord, Workload
 
@@ -43,16 +43,16 @@ def record(mod, factor: int, secs: float = 1e-6):
     _, j = sch.get_loops(sch.get_sblock("B"))
     sch.split(j, [None, factor])
     return TuningRecord(
-        sch.trace, Workload(mod), [secs], TARGET, ArgInfo.from_prim_func(mod["main"])
+        sch.trace, Workload(mod), [secs], target, ArgInfo.from_prim_func(mod["main"])
     )
 
 
-def write_log(path, items):
+def write_log(path, items, target=TARGET):
     """Commit ``(mod, factor, secs)`` records through the database, as a tuner does."""
     db = open_database([], write_dir=path)
     for mod, factor, secs in items:
         db.commit_workload(mod)
-        db.commit_tuning_record(record(mod, factor, secs))
+        db.commit_tuning_record(record(mod, factor, secs, target))
     return db
 
 
@@ -242,6 +242,9 @@ def test_provenance_is_merged_not_overwritten(tmp_path, caplog):
     assert data["trials_total"] == 15 and data["wall_seconds_total"] == 90
     assert [r["date"] for r in data["runs"]] == ["d1", "d2"]
     assert json.loads((tmp_path / "provenance.json").read_text()) == data
+    zen = {"key": "x86_64-avx2", "mcpu": "znver3"}  # one folder, records of several CPUs
+    data = tlog.update_provenance({"date": "d2b", "trials": 1}, ["m1"], zen)
+    assert data["targets"] == {"": target, "znver3": zen} and data["target"] == zen
     (tmp_path / "provenance.json").write_text('{"runs": [')  # damaged: kept aside, restarted
     with caplog.at_level(logging.WARNING):
         data = tlog.update_provenance({"date": "d3", "trials": 1}, ["m3"], target)
@@ -285,3 +288,41 @@ def test_a_lazy_database_reads_only_the_workloads_a_build_queries(tmp_path, capl
     eager = open_database([tmp_path], top_k=1, warn=False)
     assert (eager.report.workloads, eager.report.records) == (3, 2)
     assert (lazy.report.workloads, lazy.report.records) == (3, 2) and not lazy.pending
+
+
+def test_a_build_reads_only_the_records_measured_on_its_cpu(tmp_path):
+    """One log folder serves an ISA class; a record is a measurement on one CPU. Another CPU's
+    records neither schedule the build (the faster machine's would always win) nor vanish:
+    they are named per function."""
+    other = tvm.target.Target({**TARGET.export(), "mcpu": "znver5"})
+    w8, w16 = workload(8), workload(16)
+    write_log(tmp_path, [(w8, 4, 2e-6)])
+    write_log(tmp_path, [(w8, 8, 1e-6), (w16, 4, 1e-6)], target=other)
+    cpu = tuning_db.record_cpu(TARGET)
+    assert (cpu, tuning_db.record_cpu(other)) == ("x86-64-v3", "znver5")
+    assert tuning_db.record_cpu({"kind": "cuda", "arch": "sm_90"}) is None
+
+    own = open_database([tmp_path], top_k=1, cpu=cpu)
+    best = own.query_tuning_record(w8, TARGET, "main")
+    assert [float(s) for s in best.run_secs] == pytest.approx([2e-6])
+    assert not own.has_workload(w16)
+    hashes = {m: tuning_db._ms().database.Workload(m).as_json()[0] for m in (w8, w16)}
+    assert own.report.other_cpus == {hashes[w8]: {"znver5"}, hashes[w16]: {"znver5"}}
+    assert TuneLog(tmp_path).count_records(cpu) == {hashes[w8]: 1}
+    assert TuneLog(tmp_path).count_records() == {hashes[w8]: 2, hashes[w16]: 1}
+    anyone = open_database([tmp_path], top_k=1)
+    assert [float(s) for s in anyone.query_tuning_record(w8, TARGET, "main").run_secs] == (
+        pytest.approx([1e-6])
+    )
+
+    mod = tvm.IRModule({"f8": w8["main"], "f16": w16["main"]})
+    mod = tvm.IRModule({gv: f.without_attr("global_symbol") for gv, f in mod.functions_items()})
+    scheduled, tuned = apply_database(mod, TARGET, own)
+    assert tuned == ["f8"]
+    assert tuning_db.records_on_other_cpus(scheduled, own) == {"f16": ["znver5"]}
+    lazy, _ = tuning_db.database_for_build("x86_64-avx2", [tmp_path], cpu="haswell")
+    assert lazy is not None and not lazy.has_workload(w8)  # only other CPUs' records: reported
+    assert tuning_db.records_on_other_cpus(mod, lazy) == {
+        "f8": ["x86-64-v3", "znver5"],
+        "f16": ["znver5"],
+    }
