@@ -151,28 +151,31 @@ def rotation_bytes() -> int:
     """Bytes the rotated copies of a candidate's weights and output span at least: twice the
     private (L2) caches of the CPUs this process may run on, read from sysfs (2 MiB a CPU
     where it does not say). Each L2 is counted once however many CPUs share it."""
-    import glob
+    from pathlib import Path
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     seen, total = set(), 0
     for cpu in cpus:
-        for index in glob.glob(f"/sys/devices/system/cpu/cpu{cpu}/cache/index*"):
+        for index in Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*"):
             try:
-                level = open(f"{index}/level").read().strip()
-                if level != "2":
+                if (index / "level").read_text().strip() != "2":
                     continue
-                shared = open(f"{index}/shared_cpu_list").read().strip()
-                size = open(f"{index}/size").read().strip()
-            except OSError:
+                shared = (index / "shared_cpu_list").read_text().strip()
+                size = (index / "size").read_text().strip()
+                if shared not in seen:
+                    total += int(size.rstrip("KMG")) * units.get(size[-1], 1)
+                    seen.add(shared)
+            except (OSError, ValueError):
                 continue
-            if shared in seen:
-                continue
-            seen.add(shared)
-            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-            total += int(size.rstrip("KMG")) * units.get(size[-1], 1)
     if not total:
         total = L2_FALLBACK_BYTES * max(1, len(cpus) or (os.cpu_count() or 1))
     return 2 * total
+
+
+# A candidate whose weights and output are a few bytes would need millions of copies to span
+# the L2s; past this many, what is left of them in L2 is too small to matter to its time.
+MAX_ROTATED_COPIES = 4096
 
 
 def _nbytes(arr: Any) -> int:
@@ -186,11 +189,11 @@ def _nbytes(arr: Any) -> int:
 
 def rotated_arguments(args: list, device: Any, span: int) -> list[list]:
     """``args`` and as many copies of all but the first (``args[0]``, the input, is shared) as
-    make the copies span ``span`` bytes."""
+    make the copies span ``span`` bytes (at most :data:`MAX_ROTATED_COPIES`)."""
     import tvm
 
     own = sum(_nbytes(a) for a in args[1:])
-    copies = max(1, -(-span // max(own, 1)))
+    copies = min(MAX_ROTATED_COPIES, -(-span // own)) if own else 1
     sets = [list(args)]
     for _ in range(copies - 1):
         clone = [args[0]]

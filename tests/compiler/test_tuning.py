@@ -426,6 +426,9 @@ def test_candidates_are_timed_with_the_caches_as_the_model_leaves_them():
     assert all(s[0] is args[0] for s in sets)  # the input is shared: hot, as in the model
     assert len({id(s[1]) for s in sets}) == len(sets)  # weights and outputs: one copy a call
     assert all(np.array_equal(s[1].numpy(), args[1].numpy()) for s in sets)
+    tiny = measuring.rotated_arguments(args[:1] + [args[0]], dev, span=1 << 40)
+    assert len(tiny) == measuring.MAX_ROTATED_COPIES  # bounded however small the weights
+    assert len(measuring.rotated_arguments(args[:1], dev, span=1 << 20)) == 1  # input only
 
     called = []
 
@@ -439,7 +442,8 @@ def test_candidates_are_timed_with_the_caches_as_the_model_leaves_them():
     costs = measuring.rotating_run_evaluator(FakeModule(), dev, config, [args])
     assert len(costs) == 2 and all(c > 0 for c in costs)
     rotation = len({c[1] for c in called})
-    assert rotation == -(-measuring.rotation_bytes() // own) and len(called) % rotation == 0
+    expected = min(measuring.MAX_ROTATED_COPIES, -(-measuring.rotation_bytes() // own))
+    assert rotation == expected and len(called) % rotation == 0
 
     assert measuring.MeasureConfig().state(local=True) == "model"
     assert measuring.MeasureConfig().state(local=False) == "warm"
