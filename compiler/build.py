@@ -231,16 +231,6 @@ def schedule(
     return mod, tuned
 
 
-def tuned_elsewhere(mod: tvm.IRModule, database) -> dict[str, list[str]]:
-    """The PrimFuncs of the fused, unscheduled ``mod`` that ``database`` has records for only
-    from other CPUs (:func:`sepconv.compiler.tuning.database.records_on_other_cpus`)."""
-    if database is None:
-        return {}
-    from sepconv.compiler.tuning.database import records_on_other_cpus
-
-    return records_on_other_cpus(mod, database)
-
-
 def _finalize_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     if target.kind.name == "cuda":  # its finalize passes include RewriteCUDAGraph
         from tvm.relax.backend.cuda import pipeline as cuda
@@ -316,7 +306,11 @@ def build(
     t0 = time.perf_counter()
     mod = fuse(mod, target)
     stats.primfuncs = primfunc_names(mod)
-    elsewhere = tuned_elsewhere(mod, database)
+    elsewhere = {}
+    if database is not None:  # other CPUs' records: read before scheduling changes the keys
+        from sepconv.compiler.tuning.database import records_on_other_cpus
+
+        elsewhere = records_on_other_cpus(mod, database)
     try:  # what `sepconv profile` puts on the roofline; never a reason for a build to fail
         stats.functions = {name: c.to_json() for name, c in sorted(function_costs(mod).items())}
     except Exception:  # noqa: BLE001

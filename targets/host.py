@@ -168,6 +168,35 @@ def _cgroup_cpu_limit() -> int | None:
         return None
 
 
+def usable_cpus() -> list[int]:
+    """The logical CPUs in this process's affinity mask (all of them where there is none)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+@functools.lru_cache(maxsize=1)
+def private_l2_bytes() -> int | None:
+    """Bytes of L2 cache over the CPUs this process may run on, each L2 counted once however
+    many CPUs share it (sysfs ``cache/index*``); None where sysfs does not say."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    seen, total = set(), 0
+    for cpu in usable_cpus():
+        for index in Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*"):
+            try:
+                if (index / "level").read_text().strip() != "2":
+                    continue
+                shared = (index / "shared_cpu_list").read_text().strip()
+                size = (index / "size").read_text().strip()
+                if shared not in seen:
+                    total += int(size.rstrip("KMG")) * units.get(size[-1], 1)
+                    seen.add(shared)
+            except (OSError, ValueError):
+                continue
+    return total or None
+
+
 @functools.lru_cache(maxsize=1)
 def physical_cores() -> int:
     """Physical cores this process may run on: the CPUs in its affinity mask, SMT siblings counted
@@ -176,12 +205,8 @@ def physical_cores() -> int:
     Parallel loops are sized by this: a second hyper-thread on a core adds little to SIMD-bound
     convolution loops and makes timings noisy.
     """
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = list(range(os.cpu_count() or 1))
     cores: set[tuple[str, str]] = set()
-    for cpu in cpus:
+    for cpu in usable_cpus():
         topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
             package = (topo / "physical_package_id").read_text().strip()

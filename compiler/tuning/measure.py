@@ -149,28 +149,11 @@ L2_FALLBACK_BYTES = 2 << 20  # per CPU, where sysfs does not say
 
 def rotation_bytes() -> int:
     """Bytes the rotated copies of a candidate's weights and output span at least: twice the
-    private (L2) caches of the CPUs this process may run on, read from sysfs (2 MiB a CPU
-    where it does not say). Each L2 is counted once however many CPUs share it."""
-    from pathlib import Path
+    private (L2) caches of the CPUs this process may run on
+    (:func:`sepconv.targets.host.private_l2_bytes`; 2 MiB a CPU where sysfs does not say)."""
+    from sepconv.targets.host import private_l2_bytes, usable_cpus
 
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    seen, total = set(), 0
-    for cpu in cpus:
-        for index in Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*"):
-            try:
-                if (index / "level").read_text().strip() != "2":
-                    continue
-                shared = (index / "shared_cpu_list").read_text().strip()
-                size = (index / "size").read_text().strip()
-                if shared not in seen:
-                    total += int(size.rstrip("KMG")) * units.get(size[-1], 1)
-                    seen.add(shared)
-            except (OSError, ValueError):
-                continue
-    if not total:
-        total = L2_FALLBACK_BYTES * max(1, len(cpus) or (os.cpu_count() or 1))
-    return 2 * total
+    return 2 * (private_l2_bytes() or L2_FALLBACK_BYTES * len(usable_cpus()))
 
 
 # A candidate whose weights and output are a few bytes would need millions of copies to span
