@@ -6,6 +6,9 @@
     split / concat kept NHWC             :mod:`sepconv.compiler.channels_last`)
     dw → +b → act → pw 1×1   ⇒  sepconv_dw_pw   (fused: the dw output never goes to memory;
                                                  act: ReLU, ReLU6, h-swish, SiLU or none)
+    pw 1×1(x · g[c])         ⇒  sepconv_pw(x, W · g)  (a per-channel gate — squeeze-and-
+                                                 excitation's — folded into the weights
+                                                 when they are smaller than the map)
     depthwise conv           ⇒  sepconv_dw
     pointwise 1×1 conv       ⇒  sepconv_pw
     linear (constant weight) ⇒  sepconv_pw on [M, K] rows (the classifier)
@@ -42,7 +45,9 @@ from sepconv.compiler.patterns import (
     SeparablePattern,
     conv_params,
     count_depthwise,
+    dtype_of,
     normalize_clip,
+    static_shape,
 )
 from sepconv.compiler.sepconv_ops import Activation
 from sepconv.schedules.nhwc_tile import padded_channels, panel_width
@@ -58,6 +63,7 @@ class SeparableStats:
     pointwise: int = 0
     dense: int = 0
     linear: int = 0
+    gates_in_weights: int = 0
     left_to_tvm: int = 0
     functions: dict = field(default_factory=dict)
 
@@ -171,6 +177,43 @@ class _Rewriter(FuncEmitter):
         out = ops.conv_nhwc(xp, wp, p.stride, p.padding, p.dilation)
         return self.emit("sepconv_conv", [xp, wp], out, [x, w])
 
+    def gated_pointwise(self, call, gated) -> relax.Expr | None:
+        """``pw(x · g)`` with ``g`` one value per input channel, computed at run time
+        (squeeze-and-excitation's gate) ⇒ ``pw(x)`` on weights scaled by ``g``.
+
+        ``W·(g ⊙ x) = (W·diag g)·x``: scaling the packed ``[P/B, C, B]`` weights by ``g[c]`` reads
+        and writes C·P floats where multiplying the map reads and writes H·W·C. So the gate is
+        folded when P < H·W — EfficientNet-B0's 112² to 14² blocks, not its 7² ones, whose
+        weights outweigh the map — and the map is never passed over just to be gated. Batch 1
+        only: a batch has one gate per image, and so would need one weight copy per image.
+        """
+        p = conv_params(call)
+        if p.data_layout != "NHWC" or p.kernel_layout != "HWIO" or not p.is_pointwise:
+            return None
+        if p.groups != 1 or not isinstance(call.args[1], tvm.ir.expr.Constant):
+            return None
+        x_shape = static_shape(call.args[0])
+        if x_shape is None or len(x_shape) != 4 or x_shape[0] != 1:
+            return None
+        n, h, w, c = x_shape
+        gate_shape = (n, 1, 1, c)
+        a, b = gated.args
+        x, gate = (a, b) if static_shape(b) == gate_shape else (b, a)
+        if static_shape(x) != x_shape or static_shape(gate) != gate_shape:
+            return None
+        if {dtype_of(x), dtype_of(gate)} != {"float32"}:
+            return None
+        wv = call.args[1].value.numpy()
+        if padded_channels(wv.shape[-1], self.params) >= h * w:
+            return None
+        wp, packed = self.pointwise_weights(wv[0, 0], "w")
+        scaled = relax.op.multiply(packed, relax.op.reshape(gate, (1, c, 1)))
+        self.stats.pointwise += 1
+        self.stats.gates_in_weights += 1
+        xp = _te_placeholder(x, "x")
+        out = ops.pointwise_nhwc(xp, wp, wv.shape[-1])
+        return self.emit("sepconv_pw", [xp, wp], out, [x, scaled])
+
     def linear(self, call) -> relax.Expr | None:
         """``matmul(x[M, K], W[K, N])`` with constant weights (the classifier): the pointwise
         GEMM, its weights packed, where TVM's matmul reads them a strided column at a time."""
@@ -250,6 +293,11 @@ def rewrite_separable(
     if fuse:
         pats = SeparablePattern()
         main = rewrite_call(pats.pw_conv, lambda e, m: _or(rw.fused(pats.read(m)), e), main)
+    gated = is_op("relax.multiply")(wildcard(), wildcard())
+    gated_pw = is_op("relax.nn.conv2d")(gated, wildcard())
+    main = rewrite_call(
+        gated_pw, lambda e, m: _or(rw.gated_pointwise(m[gated_pw], m[gated]), e), main
+    )
     conv = is_op("relax.nn.conv2d")(wildcard(), wildcard())
     main = rewrite_call(conv, lambda e, m: _or(rw.conv(m[conv]), e), main)
     matmul = is_op("relax.matmul")(wildcard(), wildcard())

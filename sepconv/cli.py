@@ -134,10 +134,11 @@ def cmd_compile(args) -> int:
             n = sum(f32.get(k, 0) for k in ("fused_dw_pw", "depthwise", "pointwise", "dense"))
             print(f"  fp32 operators: {n} convs the quantizer left in float")
     elif ops:
+        gates = ops.get("gates_in_weights", 0)
         print(
             f"  sepconv ops: {ops['fused_dw_pw']} fused dw→pw, {ops['depthwise']} depthwise, "
             f"{ops['pointwise']} pointwise, {ops['dense']} other convs, "
-            f"{ops.get('linear', 0)} linear"
+            f"{ops.get('linear', 0)} linear" + (f"; {gates} SE gates in weights" if gates else "")
         )
     tri = b.get("triton_ops")
     if tri:

@@ -130,3 +130,55 @@ def test_pass_leaves_graphs_without_depthwise_convs_unchanged():
 def test_grouped_convs_and_shuffle_still_compile_correctly(host):
     model = NoDepthwise().eval()
     assert_matches_eager(model, torch.randn(2, 4, 9, 9), host)
+
+
+class GatedProjection(torch.nn.Module):
+    """Depthwise → squeeze-and-excitation → projection: the MBConv tail of EfficientNet and
+    MobileNetV3. ``gate_first``: ``scale * x``, as torchvision's SE writes it (ours: the map
+    first)."""
+
+    def __init__(self, c: int = 32, out: int = 16, hardsigmoid: bool = False, gate_first=False):
+        super().__init__()
+        from sepconv.models.layers import SqueezeExcitation
+
+        self.dw = torch.nn.Conv2d(c, c, 3, padding=1, groups=c)
+        gate = torch.nn.Hardsigmoid if hardsigmoid else torch.nn.Sigmoid
+        self.se = SqueezeExcitation(c, 8, gate=gate)
+        self.project = torch.nn.Conv2d(c, out, 1)
+        self.gate_first = gate_first
+
+    def forward(self, x):
+        y = torch.nn.functional.silu(self.dw(x))
+        se = self.se
+        scale = se.scale_activation(se.fc2(se.activation(se.fc1(se.avgpool(y)))))
+        return self.project(scale * y if self.gate_first else y * scale)
+
+
+@pytest.mark.parametrize(
+    "hw, batch, folded",
+    [
+        (12, 1, True),  # 16 output channels < 144 pixels: the gate scales the weights
+        (4, 1, False),  # 16 ≥ 16 pixels: the weights outweigh the map, the map is gated
+        (12, 2, False),  # one gate per image: not folded
+    ],
+)
+@pytest.mark.parametrize("hardsigmoid, gate_first", [(False, True), (True, False)])
+def test_se_gate_folds_into_the_projection_weights_where_they_are_smaller(
+    hw, batch, folded, hardsigmoid, gate_first, host
+):
+    torch.manual_seed(0)
+    block = GatedProjection(hardsigmoid=hardsigmoid, gate_first=gate_first).eval()
+    x = torch.randn(batch, 32, hw, hw)
+    stats = assert_matches_eager(block, x, host)
+    assert stats.sepconv_ops["gates_in_weights"] == int(folded)
+    mod, _, _ = lower(import_module(block, (x,)), host)
+    # Folded, no function after the depthwise one (whose SiLU multiplies) multiplies a map.
+    map_buffer = "T.Buffer((" + ", ".join(f"T.int64({d})" for d in (batch, hw, hw, 32)) + ")"
+    map_products = [
+        gv.name_hint
+        for gv, f in mod.functions.items()
+        if "multiply" in gv.name_hint
+        and "sepconv_dw" not in gv.name_hint
+        and map_buffer in f.script()
+    ]
+    assert bool(map_products) != folded
