@@ -114,12 +114,30 @@ def test_conv_rule_uses_whole_vectors_and_parallel(target):
 
 def test_channels_last_pool_runs_vectors_along_the_channels(target):
     """NHWC pooling: the vector loop is the contiguous channel axis and the pixels are the
-    loop around it — not one channel at a time, which reads one float per cache line."""
+    loop around it — not one channel at a time, which reads one float per cache line. A 7×7
+    map's tasks split the channels."""
+    sch = Reduction().apply(func_of("global_avg_pool_nhwc_24"), target, False)
+    text = sch.mod["main"].script()
+    update = text[text.index("for ax1_ax2_fused in range(T.int64(49))") :]
+    assert "T.vectorized" in update.split('T.sblock("x0_red_update")')[0]
+    assert "T.parallel" in text and "x0_red_rf" not in text
+
+
+def test_global_pool_tasks_own_rows_of_the_map_as_its_producer_wrote_them(target):
+    """From 14 rows up the tasks split the rows (partial sums per row, added at the end), so
+    each core reads the rows it has just written in the producer, not half of every row."""
+    from sepconv.schedules.target_params import cpu_params
+
     sch = Reduction().apply(func_of("global_avg_pool_nhwc"), target, False)
     text = sch.mod["main"].script()
-    update = text[text.index("for ax1_ax2_fused in range(T.int64(196))") :]
-    assert "T.vectorized" in update.split('T.sblock("x0_red_update")')[0]
-    assert "T.parallel" in text
+    rows = text[text.index("T.parallel(T.int64(14))") :]
+    lanes = min(cpu_params(target).lanes("float32"), 16)
+    assert f"T.vectorized(T.int64({lanes}))" in rows.split('T.sblock("x0_red_rf_update")')[0]
+    assert 'T.sblock("x0_red_update")' in rows  # the rows' partials added after the loop
+    y = run_primfunc(func_of("global_avg_pool_nhwc"), target)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (1, 14, 14, 32)).astype("float32")
+    np.testing.assert_allclose(y, x.mean(axis=(1, 2), keepdims=True), rtol=1e-5, atol=1e-6)
 
 
 def test_pool_window_vectors_belong_to_one_pixel(target):
