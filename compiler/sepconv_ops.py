@@ -28,22 +28,28 @@ from tvm import te, tirx
 from sepconv.schedules.block_names import CONV, DW, DW_ACT, PAD, PW, PW_CROP, USEFUL_CHANNELS
 
 
-def pad_nhwc(x: te.Tensor, pad: tuple[int, int, int, int], fill: float = 0.0) -> te.Tensor:
-    """Pad H and W with ``fill`` (int8 operators pad with the zero point)."""
+def pad_nhwc(
+    x: te.Tensor, pad: tuple[int, int, int, int], fill: float = 0.0, layout: str = "NHWC"
+) -> te.Tensor:
+    """Pad H and W with ``fill`` (int8 operators pad with the zero point); ``layout`` says
+    where they are (``NCHW``: the graph's input, read by the stem as the caller passes it)."""
     top, left, bottom, right = pad
     if not any(pad):
         return x
-    n, h, w, c = x.shape
+    hi, wi = layout.index("H"), layout.index("W")
+    h, w = x.shape[hi], x.shape[wi]
+    shape = list(x.shape)
+    shape[hi], shape[wi] = h + top + bottom, w + left + right
     zero = tirx.const(fill, x.dtype)
-    return te.compute(
-        (n, h + top + bottom, w + left + right, c),
-        lambda i, y, z, k: tirx.if_then_else(
-            tirx.all(y >= top, y < h + top, z >= left, z < w + left),
-            x[i, y - top, z - left, k],
-            zero,
-        ),
-        name=PAD,
-    )
+
+    def padded(*idx):
+        y, z = idx[hi], idx[wi]
+        src = list(idx)
+        src[hi], src[wi] = y - top, z - left
+        inside = tirx.all(y >= top, y < h + top, z >= left, z < w + left)
+        return tirx.if_then_else(inside, x[tuple(src)], zero)
+
+    return te.compute(shape, padded, name=PAD)
 
 
 def out_size(size, k, stride, pad_lo, pad_hi, dilation):
@@ -145,20 +151,32 @@ def conv_nhwc(
     stride: tuple[int, int],
     pad: tuple[int, int, int, int],
     dilation: tuple[int, int],
+    input_layout: str = "NHWC",
 ) -> te.Tensor:
-    """Dense (groups = 1) conv, HWIO weights: the stem and any full conv."""
-    n, h, wd, _ = x.shape
+    """Dense (groups = 1) conv, HWIO weights, NHWC out: the stem and any full conv.
+
+    ``input_layout="NCHW"``: ``x`` is ``[N, C, H, W]``, read where a transpose to NHWC would
+    otherwise copy it first (the stem reads the graph's input so; its few input channels are
+    broadcast one value at a time either way, so the layout costs the kernel nothing)."""
+    if input_layout == "NCHW":
+        n, _, h, wd = x.shape
+    else:
+        n, h, wd, _ = x.shape
     kh_, kw_, c, o = w.shape
-    xp = pad_nhwc(x, pad)
+    xp = pad_nhwc(x, pad, layout=input_layout)
     oh = out_size(h, kh_, stride[0], pad[0], pad[2], dilation[0])
     ow = out_size(wd, kw_, stride[1], pad[1], pad[3], dilation[1])
     rh = te.reduce_axis((0, kh_), "kh")
     rw = te.reduce_axis((0, kw_), "kw")
     rc = te.reduce_axis((0, c), "rc")
+
+    def pixel(i, y, z, ch):
+        return xp[i, ch, y, z] if input_layout == "NCHW" else xp[i, y, z, ch]
+
     return te.compute(
         (n, oh, ow, o),
         lambda i, y, z, k: te.sum(
-            xp[i, y * stride[0] + rh * dilation[0], z * stride[1] + rw * dilation[1], rc]
+            pixel(i, y * stride[0] + rh * dilation[0], z * stride[1] + rw * dilation[1], rc)
             * w[rh, rw, rc, k],
             axis=[rh, rw, rc],
         ),

@@ -182,3 +182,19 @@ def test_se_gate_folds_into_the_projection_weights_where_they_are_smaller(
         and map_buffer in f.script()
     ]
     assert bool(map_products) != folded
+
+
+@pytest.mark.parametrize("batch, padding", [(1, 1), (2, 0)])
+def test_the_stem_reads_the_input_in_the_layout_the_caller_passes(batch, padding, host):
+    """The stem conv reads the NCHW input itself: no function copies the input into NHWC."""
+    from tests.nets import tiny_separable
+
+    model = tiny_separable()
+    model.stem[0].padding = (padding, padding)
+    x = torch.randn(batch, 3, 17, 17)
+    stats = assert_matches_eager(model, x, host)
+    assert stats.sepconv_ops["dense"] == 1
+    mod, _, _ = lower(import_module(model, (x,)), host)
+    image = "T.Buffer((" + ", ".join(f"T.int64({d})" for d in (batch, 3, 17, 17)) + ")"
+    readers = [gv.name_hint for gv, f in mod.functions.items() if image in f.script()]
+    assert len(readers) == 1 and "sepconv_conv" in readers[0], readers
