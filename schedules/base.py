@@ -14,6 +14,10 @@ class CpuRule(ScheduleRule):
     with ``tvm.s_tir.dlight.ApplyDefaultSchedule`` as well as with ``apply_schedules``.
     """
 
+    # False: the tuner measures this rule's own schedule and searches no other. For a rule that
+    # chooses what a kernel timed alone cannot show (which core wrote the data it reads).
+    searchable = True
+
     def is_target_available(self, target: Target) -> bool:
         return target is not None and target.kind.name == "llvm"
 

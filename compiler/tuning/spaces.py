@@ -11,8 +11,11 @@ schedule is one candidate. A rule whose schedules still sample otherwise
 (``sample_perfect_tile``…) is searched by MetaSchedule's evolutionary search. A rule without any
 sampling instruction (elementwise, pooling, fallback) has no space: those tasks get
 MetaSchedule's default space, with the rule's own schedule measured first — so a task's best
-record is never worse than the untuned build on the machine that tuned it. A rule whose schedules
-MetaSchedule's postprocessors reject gets the default space without a seed (logged).
+record is never worse than the untuned build on the machine that tuned it. A rule that declares
+itself not ``searchable`` (the pooling rule: its split follows how the producer wrote the map,
+which a kernel timed alone cannot show) is measured alone: its schedule is the whole space. A
+rule whose schedules MetaSchedule's postprocessors reject gets the default space without a seed
+(logged).
 ``space="default"`` tunes everything in the default space, unseeded (stock MetaSchedule).
 """
 
@@ -62,6 +65,7 @@ class RuleSpace:
     schedules: list
     enumerated: bool = True
     own: list = field(default_factory=list)  # no space (nothing sampled): the rule's schedule
+    searchable: bool = True  # False: ``own`` is the whole space (the rule's ``searchable``)
 
 
 def rule_spaces(
@@ -92,7 +96,7 @@ def rule_spaces(
         kinds = {i.kind.name for s in first for i in s.trace.insts}
         samples = {k for k in kinds if k.startswith("Sample")}
         if not samples:
-            return RuleSpace(name, [], own=first)
+            return RuleSpace(name, [], own=first, searchable=getattr(rule, "searchable", True))
         if samples != {"SampleCategorical"} or not seen:
             return RuleSpace(name, first, enumerated=False)
         combos = list(itertools.product(*(range(n) for n in seen)))
@@ -181,6 +185,11 @@ def design_space(task: TuneTask, target: Any, ms: Any, space: str) -> tuple[Any,
                 rs.rule,
                 task.name,
             )
+        elif rs.rule is not None and not rs.searchable:
+            own = passes_postprocs(_probe(task, target, ms, [x.trace for x in rs.own]))
+            if own:
+                task.space, task.num_spaces = "rule", len(own)
+                return space_generator([x.trace for x in own]), "enumerate"
         elif rs.rule is not None:
             # the rule's own schedule is measured first: the best record is then never worse
             # than the untuned build, on the machine that tuned

@@ -26,6 +26,7 @@ from tests.nets import TinySeparable, randomize_bn, tiny_separable
 
 ROOT = Path(__file__).resolve().parents[2]
 X = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+FLATTEN = "fused_transpose_reshape"  # the tiny model's head: [N, 1, 1, C] → [N, C]
 SEPCONV_TASKS = "sepconv"  # the stem conv and the fused depthwise→pointwise block
 
 # A tuning run in its own process (for SIGKILL and for two tuners at once).
@@ -259,12 +260,13 @@ def test_rule_design_spaces_are_enumerated():
     assert tvm_ffi.structural_hash(default.mod) == tvm_ffi.structural_hash(
         space.schedules[0].mod
     ), "the rule's own choice is the first candidate"
-    pool = next(gv.name_hint for gv in mod.get_global_vars() if gv.name_hint == "mean")
-    assert rule_spaces(mod[pool], target).schedules == []  # no space: default one
+    assert rule_spaces(mod[FLATTEN], target).schedules == []  # no space: default one
+    pool = rule_spaces(mod["mean"], target)  # no space, and not searchable: its own schedule
+    assert pool.schedules == [] and len(pool.own) == 1 and not pool.searchable
 
 
 def test_tasks_without_a_rule_space_measure_the_rules_schedule_first(tmp_path):
-    """A task our rules schedule without a space (here the head's pool) is tuned in MetaSchedule's
+    """A task our rules schedule without a space (the head's flatten) is tuned in MetaSchedule's
     default space, but the rule's own schedule is one of the measured candidates: the best
     record can never be worse than the untuned build on the machine that tuned."""
     from tvm.s_tir import meta_schedule as ms
@@ -275,21 +277,42 @@ def test_tasks_without_a_rule_space_measure_the_rules_schedule_first(tmp_path):
 
     target = resolve_target("host").target
     graphs = [("tiny", import_module(tiny_separable(), (X,)))]
-    task = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "mean")
+    task = next(t for t in tuning.extract_tasks(graphs, target) if t.name == FLATTEN)
     assert spaces.design_space(task, target, ms, "rules") == ("post-order-apply", "evolve")
     assert task.seeds and task.rule is not None
     with tvm_compat.light_tensor_intrinsics(target):  # as the driver does: 200 s → 2 s here
         ctx = ms.TuneContext(task.mod, target=target, space_generator="post-order-apply")
     (seed,), _ = tuning.measure_candidates(ctx, task.seeds)
     tune(
-        tiny_separable(), example_input=X, trials=3, tune_log=tmp_path, task_filter="^mean$",
+        tiny_separable(), example_input=X, trials=3, tune_log=tmp_path, task_filter=f"^{FLATTEN}$",
         trials_per_iter=2, progress=False,
     )  # fmt: skip
     assert tvm_ffi.structural_hash(seed.sch.mod) in candidate_hashes(key_dir(tmp_path))
     # stock MetaSchedule (the comparison baseline) is not seeded
-    stock = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "mean")
+    stock = next(t for t in tuning.extract_tasks(graphs, target) if t.name == FLATTEN)
     spaces.design_space(stock, target, ms, "default")
     assert stock.seeds == []
+
+
+def test_a_rule_that_is_not_searchable_is_its_own_whole_space():
+    """The pooling rule's split follows how the producer wrote the map, which a kernel timed
+    alone cannot show: the tuner measures the rule's schedule and no other candidate."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from sepconv.compiler import tuning, tvm_compat
+    from sepconv.compiler.importer import import_module
+    from sepconv.compiler.tuning import spaces
+
+    target = resolve_target("host").target
+    graphs = [("tiny", import_module(tiny_separable(), (X,)))]
+    task = next(t for t in tuning.extract_tasks(graphs, target) if t.name == "mean")
+    with tvm_compat.light_tensor_intrinsics(target):
+        gen, search = spaces.design_space(task, target, ms, "rules")
+        assert (task.space, task.num_spaces, search) == ("rule", 1, "enumerate")
+        ctx = ms.TuneContext(task.mod, target=target, space_generator=gen)
+        (space,) = ctx.generate_design_space()
+    own = spaces.rule_spaces(task.mod["main"], target).own[0]
+    assert tvm_ffi.structural_hash(space.mod) == tvm_ffi.structural_hash(own.mod)
 
 
 def test_rerun_continues_where_the_log_stops(tuned, tmp_path):
