@@ -87,10 +87,7 @@ def _channels_last(sch: s_tir.Schedule, block, after, lanes: int):
     _vector_lanes(sch, sv, lanes)
     if int(sch.get(so).extent) > 1:
         sch.parallel(so)
-    if after:
-        epi = after[0].block_rv
-        sch.reverse_compute_at(epi, so, preserve_unit_loops=True)
-        _vector_lanes(sch, sch.get_loops(epi)[-1], lanes)
+    _epilogue_under(sch, after, so, lanes)
     # after vectorize and parallel, which need the init/update pair still one block
     sch.decompose_reduction(block, r)
     return sch
@@ -127,12 +124,17 @@ def _rows(sch: s_tir.Schedule, block, after, width: int, lanes: int):
     co, sv = sch.split(spatial[-1], [None, width])
     sch.reorder(co, row, sv)
     _vector_lanes(sch, sv, lanes)
-    if after:
-        epi = after[0].block_rv
-        sch.reverse_compute_at(epi, co, preserve_unit_loops=True)
-        _vector_lanes(sch, sch.get_loops(epi)[-1], lanes)
+    _epilogue_under(sch, after, co, lanes)
     sch.decompose_reduction(block, row)
     return sch
+
+
+def _epilogue_under(sch: s_tir.Schedule, after, loop, lanes: int) -> None:
+    """The block after the reduction (a mean's divide) under ``loop``, on vectors."""
+    if after:
+        epi = after[0].block_rv
+        sch.reverse_compute_at(epi, loop, preserve_unit_loops=True)
+        _vector_lanes(sch, sch.get_loops(epi)[-1], lanes)
 
 
 def _vector_lanes(sch: s_tir.Schedule, loop, lanes: int) -> None:
