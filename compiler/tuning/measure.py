@@ -125,10 +125,6 @@ class MeasureConfig:
 
             raise TuningError(f"cache must be one of {', '.join(CACHE_STATES)}, got {self.cache!r}")
 
-    @property
-    def flush_cache(self) -> bool:
-        return self.cache == "flushed"
-
     def state(self, local: bool) -> str:
         """The cache state candidates are timed in on a local or a remote device."""
         if self.cache is None:

@@ -422,7 +422,7 @@ def test_flush_cache_times_single_calls_with_cold_weights(monkeypatch):
 
     monkeypatch.setattr(tuning, "tune", fake_tune)
     assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1", "--flush-cache"]) == EXIT_ERROR
-    assert seen["measure"].flush_cache
+    assert seen["measure"].cache == "flushed"
     assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1", "--cache", "warm"]) == EXIT_ERROR
     assert seen["measure"].cache == "warm"
     assert main(["tune", "mobilenet_v1:0.25@32", "--trials", "1"]) == EXIT_ERROR
