@@ -6,7 +6,7 @@ each validated against eager PyTorch first, then timed in one interleaved run.
 
 Every ``NAME.sepconv`` in ``--a`` is paired with the one of the same name in ``--b``. Both must be
 zoo artifacts (validation rebuilds the reference from the manifest). Prints a table (median ms
-and p10–p90 of each, B/A) and writes JSON (default ``benchmarks/results/ab_artifacts.json``).
+and p10–p90 of each, B/A paired by round: ``sepconv.timing.time_ratio``) and writes JSON (default ``benchmarks/results/ab_artifacts.json``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import sepconv
-    from sepconv.timing import time_interleaved
+    from sepconv.timing import time_interleaved, time_ratio
 
     torch.set_num_threads(args.threads)
     pairs = sorted(
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "model": name, "validated": True,
             args.label_a: a.to_dict(), args.label_b: b.to_dict(),
-            "b_over_a": b.median_ms / a.median_ms,
+            "b_over_a": time_ratio(b, a),  # paired by round
         })  # fmt: skip
     width = max(len(r["model"]) for r in rows)
     print(f"{'model':<{width}}  {args.label_a:>22}  {args.label_b:>22}  B/A")

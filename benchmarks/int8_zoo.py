@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from sepconv.compiler.validation import seeded_inputs
     from sepconv.models import get_model
     from sepconv.targets import resolve_target
-    from sepconv.timing import time_interleaved
+    from sepconv.timing import time_interleaved, time_ratio
 
     tspec = resolve_target("host", mcpu=args.mcpu)
     reduce_range = ort_reduce_range(args.mcpu)
@@ -120,8 +120,16 @@ def main(argv=None) -> int:
         }
         times = time_interleaved(fns, warmup=10, runs=args.runs, rounds=args.rounds)
         ms = {k: getattr(t, "median_ms", None) for k, t in times.items()}
+
+        def ratio(num: str, den: str, times=times) -> float | None:
+            a, b = times[num], times[den]
+            failed = isinstance(a, Exception) or isinstance(b, Exception)
+            return None if failed else time_ratio(a, b)
+
         row = {
             "model": spec.name, "ms": ms,
+            "speedup": {"int8_vs_own_fp32": ratio("sepconv-fp32", "sepconv-int8"),
+                        "vs_onnxruntime_int8": ratio("onnxruntime-int8", "sepconv-int8")},
             "sepconv_int8_validation": v8.to_json(),
             "accuracy_vs_fp32": {k: {"sqnr_db_min": min(a for a, _ in v),
                                      "sqnr_db_median": float(np.median([a for a, _ in v])),
@@ -180,12 +188,14 @@ def _markdown(report) -> str:
         def f(v):
             return "—" if v is None else f"{v:.2f}"
 
-        def ratio(a_, b_):
-            return "—" if not a_ or not b_ else f"{b_ / a_:.2f}×"
+        def ratio(v):
+            return "—" if v is None else f"{v:.2f}×"
 
+        gain = r["speedup"]
         lines.append(
-            f"| {r['model']} | {f(s8)} | {f(s32)} | {f(o8)} | {f(o32)} | {ratio(s8, s32)} | "
-            f"{ratio(s8, o8)} | {a['sepconv-int8']['sqnr_db_median']:.1f} / "
+            f"| {r['model']} | {f(s8)} | {f(s32)} | {f(o8)} | {f(o32)} | "
+            f"{ratio(gain['int8_vs_own_fp32'])} | {ratio(gain['vs_onnxruntime_int8'])} | "
+            f"{a['sepconv-int8']['sqnr_db_median']:.1f} / "
             f"{a['onnxruntime-int8']['sqnr_db_median']:.1f} | {a['sepconv-int8']['top1_agree']} / "
             f"{a['onnxruntime-int8']['top1_agree']} | "
             f"{a.get('pt2e-simulated', {}).get('top1_agree', '—')} |"

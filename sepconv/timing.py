@@ -8,6 +8,7 @@ Two clocks, one result type::
     t = time_call(fn, x, warmup=10, runs=50)          # wall clock around fn(x), GC paused
     t = Timing.from_evaluator(evaluator, "main")      # a TVM time evaluator (timed on the device)
     ts = time_interleaved({"a": f, "b": g}, x, warmup=10, runs=50, rounds=5)
+    time_ratio(ts["b"], ts["a"])                      # b's time / a's, paired by round
 
 A bottom-layer utility: it imports nothing from sepconv, and nothing beyond the standard library.
 """
@@ -25,6 +26,8 @@ __all__ = [
     "DEVICE_CLOCK",
     "WALL_CLOCK",
     "Timing",
+    "paired_ratio",
+    "time_ratio",
     "time_call",
     "time_interleaved",
     "time_samples",
@@ -44,6 +47,9 @@ class Timing:
     runs: int
     timer: str
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    round_medians_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    """Per interleaved round, in round order, the median of that round's samples
+    (:func:`time_interleaved`; empty for a system timed in one block)."""
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float], timer: str = WALL_CLOCK) -> Timing:
@@ -74,6 +80,33 @@ class Timing:
             "p90_ms": self.p90_ms,
             "runs": self.runs,
         }
+
+
+MIN_PAIRED_ROUNDS = 3
+
+
+def paired_ratio(num: Timing, den: Timing) -> float | None:
+    """``num``'s time over ``den``'s, paired by round: the median over the interleaved rounds
+    of the two systems' round medians' ratio. None unless both were timed in the same
+    :func:`time_interleaved` run, with at least :data:`MIN_PAIRED_ROUNDS` rounds.
+
+    Why not the ratio of the pooled medians: a shared machine has slow phases (on a 2-core VM
+    here, a model's runs went from 5.8 to 7.5 ms within a second, and stayed there). When one
+    starts or ends inside a round, it slows one system's blocks and not the other's, and so
+    shifts one pooled median alone. Within a round the two blocks are seconds apart, so a
+    ratio per round cancels any phase that covers both, and the median over the rounds drops
+    the rounds a phase boundary split."""
+    a, b = num.round_medians_ms, den.round_medians_ms
+    if len(a) < MIN_PAIRED_ROUNDS or len(a) != len(b):
+        return None
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def time_ratio(num: Timing, den: Timing) -> float:
+    """``num``'s time over ``den``'s: :func:`paired_ratio` where it applies, else the ratio of
+    the medians (systems timed in separate blocks, or in fewer rounds)."""
+    paired = paired_ratio(num, den)
+    return num.median_ms / den.median_ms if paired is None else paired
 
 
 def time_samples(fn: Callable[..., Any], *args: Any, warmup: int, runs: int) -> list[float]:
@@ -115,9 +148,10 @@ def time_interleaved(
     pooled. A shared machine drifts (other tenants, clocks) over the seconds one block takes;
     timed one block after another, that drift would show up as a difference between the systems.
     A system that raises is dropped from later rounds and its exception returned in place of a
-    timing."""
+    timing. Each timing keeps its per-round medians, for :func:`paired_ratio`."""
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
+    round_medians: dict[str, list[float]] = {n: [] for n in names}
     failed: dict[str, Exception] = {}
     rounds = max(1, min(rounds, runs))
     for i in range(rounds):
@@ -130,7 +164,18 @@ def time_interleaved(
                 on_step(name, i)
             time.sleep(settle_s)  # let the last system's spinning threads go to sleep
             try:
-                samples[name] += time_samples(fns[name], *args, warmup=n_warm, runs=n_runs)
+                block = time_samples(fns[name], *args, warmup=n_warm, runs=n_runs)
             except Exception as exc:  # noqa: BLE001 - reported per system by the caller
                 failed[name] = exc
-    return {n: failed.get(n) or Timing.from_samples(samples[n], WALL_CLOCK) for n in names}
+                continue
+            samples[name] += block
+            round_medians[name].append(statistics.median(block))
+    out: dict[str, Timing | Exception] = {}
+    for n in names:
+        if n in failed:
+            out[n] = failed[n]
+        else:
+            t = Timing.from_samples(samples[n], WALL_CLOCK)
+            t.round_medians_ms = tuple(round_medians[n])
+            out[n] = t
+    return out

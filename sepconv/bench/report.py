@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sepconv.timing import WALL_CLOCK, Timing, time_ratio
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "sepconv-bench/1"
@@ -25,7 +27,8 @@ class SystemResult:
     # passed, rule; fp32: max_abs_error, max_rel_error, tolerance; int8: sqnr_db, cosine (vs fp32
     # eager), min_sqnr_db, and "own" (sepconv int8: sepconv validate's figures)
     validation: dict | None = None
-    latency_ms: dict | None = None  # median, p10, p90, runs, timer — only when status is "ok"
+    # median, p10, p90, runs, timer, rounds, round_medians — only when status is "ok"
+    latency_ms: dict | None = None
     info: dict = field(default_factory=dict)
     precision: str = "fp32"  # "fp32" | "int8"
     fp32_twin: str | None = None  # int8: the fp32 system it quantizes (int8 gain = its ms / ours)
@@ -47,24 +50,28 @@ class ModelResult:
         r = self.systems.get(system)
         return r.latency_ms["median"] if r is not None and r.latency_ms else None
 
+    def ratio(self, num: str, den: str) -> float | None:
+        """``num``'s time over ``den``'s: paired by round where both were timed in the same
+        interleaved rounds (:func:`sepconv.timing.paired_ratio`), else the medians' ratio."""
+        a, b = self.median(num), self.median(den)
+        if not a or not b:
+            return None
+        ra, rb = (self.systems[n].latency_ms.get("round_medians") or () for n in (num, den))
+        return time_ratio(_timing(a, ra), _timing(b, rb))
+
     def speedup(self) -> dict[str, float]:
-        """sepconv's speedup over each timed peer: peer median / sepconv median."""
-        ours = self.median("sepconv")
-        if not ours:
+        """sepconv's speedup over each timed peer: peer time / sepconv time (:meth:`ratio`)."""
+        if not self.median("sepconv"):
             return {}
-        return {
-            name: self.median(name) / ours
-            for name in self.systems
-            if name != "sepconv" and self.median(name)
-        }
+        ratios = {name: self.ratio(name, "sepconv") for name in self.systems if name != "sepconv"}
+        return {name: r for name, r in ratios.items() if r is not None}
 
     def int8_speedup(self) -> dict[str, float]:
-        """Each timed int8 system's gain over the fp32 system it quantizes (twin ms / its ms)."""
-        return {
-            name: self.median(r.fp32_twin) / self.median(name)
-            for name, r in self.systems.items()
-            if r.fp32_twin and self.median(name) and self.median(r.fp32_twin)
+        """Each timed int8 system's gain over the fp32 system it quantizes (twin / its time)."""
+        ratios = {
+            name: self.ratio(r.fp32_twin, name) for name, r in self.systems.items() if r.fp32_twin
         }
+        return {name: r for name, r in ratios.items() if r is not None}
 
 
 @dataclass
@@ -249,9 +256,12 @@ def markdown(report) -> str:
         "Versions: " + " · ".join(f"{k} {val}" for k, val in v.items() if val) + ".",
         "",
         "Latency in ms: median (p10–p90). " + _checked(report, precisions) + " "
-        "Speedup = peer median / sepconv median (>1: sepconv is faster)"
+        "Speedup = peer time / sepconv time (>1: sepconv is faster), paired by round: the "
+        "median over the interleaved rounds of the two systems' round medians' ratio (with "
+        "fewer than 3 rounds, the medians' ratio)"
         + (
-            "; `X-int8 vs X`: X's fp32 median / its int8 median (what int8 buys X)."
+            "; `X-int8 vs X`: X's fp32 time / its int8 time, paired the same way (what int8 "
+            "buys X)."
             if gains
             else "."
         ),
@@ -374,3 +384,9 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _timing(median_ms: float, round_medians) -> Timing:
+    """A stored latency as a :class:`Timing` for :func:`time_ratio` (samples not kept)."""
+    return Timing(median_ms, median_ms, median_ms, len(round_medians), WALL_CLOCK, (),
+                  tuple(round_medians))  # fmt: skip

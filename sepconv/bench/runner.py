@@ -473,5 +473,6 @@ def _time_interleaved(result, prepared, timing_order, x, settings, bar, model) -
             r.latency_ms = {
                 "median": t.median_ms, "p10": t.p10_ms, "p90": t.p90_ms, "runs": t.runs,
                 "timer": t.timer, "rounds": rounds if system.name in local else 1,
+                "round_medians": list(t.round_medians_ms),
             }  # fmt: skip
         bar.update(1)

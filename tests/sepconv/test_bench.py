@@ -23,9 +23,10 @@ from sepconv.bench import (
     time_interleaved,
 )
 from sepconv.bench.peers import LOCAL_ONLY, OnnxRuntime, TorchCompile, TorchEager
-from sepconv.bench.report import latency_frontier
+from sepconv.bench.report import ModelResult, SystemResult, latency_frontier
 from sepconv.cli import EXIT_ERROR, main
 from sepconv.errors import SepconvError
+from sepconv.timing import Timing, paired_ratio, time_ratio
 
 MODELS = ["mobilenet_v1:0.25@32", "mobilenet_v2:0.35@32"]
 RUNS, WARMUP = 3, 1
@@ -145,7 +146,7 @@ def test_report_files_and_schema(bench):
             assert r["validation"]["passed"] and r["validation"]["max_abs_error"] is not None
             t = r["latency_ms"]
             assert t["runs"] == RUNS and t["p10"] <= t["median"] <= t["p90"]
-            assert t["rounds"] == min(5, RUNS)
+            assert t["rounds"] == min(5, RUNS) == len(t["round_medians"])
         ours = m["systems"]["sepconv"]["info"]
         assert ours["tuned"] in (
             "untuned",
@@ -229,6 +230,47 @@ def test_time_interleaved_reverses_order_and_pools_samples():
     blocks = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]
     assert blocks == ["a", "b", "broken", "b", "a", "b"]
     assert calls.count("a") == 2 + 3 + 1 + 2 + 1 + 2
+    # each round's median is kept, in round order, for ratios paired by round
+    assert len(out["a"].round_medians_ms) == len(out["b"].round_medians_ms) == 3
+
+
+def _timed(rounds: list[float], runs_per_round: int = 10) -> Timing:
+    """A system timed in interleaved rounds, each round's runs all at that round's time."""
+    t = Timing.from_samples([ms for ms in rounds for _ in range(runs_per_round)])
+    t.round_medians_ms = tuple(rounds)
+    return t
+
+
+# b takes twice a's time. A slow phase (×1.5) begins inside round 0, after b's block and before
+# a's, and ends after round 2.
+SLOW_A = [1.5, 1.5, 1.5, 1.0, 1.0]
+SLOW_B = [2.0, 3.0, 3.0, 2.0, 2.0]
+
+
+def test_a_slow_phase_that_splits_a_round_moves_pooled_medians_not_paired_ratios():
+    a, b = _timed(SLOW_A), _timed(SLOW_B)
+    assert b.median_ms / a.median_ms == pytest.approx(2.0 / 1.5)  # the pooled medians: wrong
+    assert paired_ratio(b, a) == pytest.approx(2.0) == time_ratio(b, a)
+
+
+def test_ratios_fall_back_to_medians_without_enough_common_rounds():
+    a, b = _timed([1.0, 1.5]), _timed([3.0, 2.0])
+    assert paired_ratio(b, a) is None  # two rounds: too few to pair
+    assert time_ratio(b, a) == pytest.approx(b.median_ms / a.median_ms)
+    one_block = Timing.from_samples([2.0] * 10)  # a remote system: timed on its device
+    assert paired_ratio(one_block, a) is None
+    assert time_ratio(one_block, _timed(SLOW_A)) == pytest.approx(2.0 / 1.5)
+
+
+def test_bench_speedups_are_paired_by_round():
+    def system(rounds):
+        t = _timed(rounds)
+        return SystemResult("ok", latency_ms={"median": t.median_ms, "round_medians": rounds})
+
+    m = ModelResult("m", systems={"sepconv": system(SLOW_A), "peer": system(SLOW_B)})
+    assert m.speedup() == {"peer": pytest.approx(2.0)}
+    m.systems["peer"].latency_ms.pop("round_medians")  # a stored report without them
+    assert m.speedup()["peer"] == pytest.approx(m.median("peer") / m.median("sepconv"))
 
 
 def test_peer_names():
