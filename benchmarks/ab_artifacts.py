@@ -6,7 +6,8 @@ each validated against eager PyTorch first, then timed in one interleaved run.
 
 Every ``NAME.sepconv`` in ``--a`` is paired with the one of the same name in ``--b``. Both must be
 zoo artifacts (validation rebuilds the reference from the manifest). Prints a table (median ms
-and p10–p90 of each, B/A paired by round: ``sepconv.timing.time_ratio``) and writes JSON (default ``benchmarks/results/ab_artifacts.json``).
+and p10–p90 of each, B/A paired by round: ``sepconv.timing.time_ratio``) and writes JSON
+(default ``benchmarks/results/ab_artifacts.json``).
 """
 
 from __future__ import annotations
