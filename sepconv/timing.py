@@ -27,9 +27,9 @@ __all__ = [
     "WALL_CLOCK",
     "Timing",
     "paired_ratio",
-    "time_ratio",
     "time_call",
     "time_interleaved",
+    "time_ratio",
     "time_samples",
 ]
 

@@ -573,6 +573,7 @@ class Sepconv(Peer):
             "tuned": f"tuned {tuned}/{total} tasks" if tuned else untuned,
             "tasks_tuned": tuned,
             "tasks_total": total,
+            "tasks_tuned_on_other_cpus": elsewhere,
             "target": art.manifest.target.get("key"),
             "artifact": str(art.path),
         }

@@ -148,8 +148,10 @@ def test_report_files_and_schema(bench):
             assert t["runs"] == RUNS and t["p10"] <= t["median"] <= t["p90"]
             assert t["rounds"] == min(5, RUNS) == len(t["round_medians"])
         ours = m["systems"]["sepconv"]["info"]
+        # a host whose CPU has no records of its own may still find other CPUs' (Zen 4 here)
+        elsewhere = ours["tasks_tuned_on_other_cpus"]
         assert ours["tuned"] in (
-            "untuned",
+            "untuned" + (f" ({elsewhere} tasks tuned on other CPUs)" if elsewhere else ""),
             f"tuned {ours['tasks_tuned']}/{ours['tasks_total']} tasks",
         )
         assert set(m["speedup"]) == {"torch", "onnxruntime", "sepconv-no-ops", "spy"}
