@@ -44,6 +44,7 @@ from sepconv.errors import SepconvError
 from sepconv.timing import Timing
 
 from .limits import MachineLimits, measure_limits
+from .runner import restores_affinity
 
 log = logging.getLogger(__name__)
 
@@ -589,6 +590,7 @@ def match_peer(order: list[str], rows: list[FunctionRow], peer: PeerProfile) -> 
 # ---------------------------------------------------------------------------- the entry point
 
 
+@restores_affinity
 def profile(
     model,
     *,

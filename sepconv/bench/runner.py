@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import functools
 import gc
 import logging
 import os
@@ -191,6 +193,31 @@ def _systems(peers, settings: BenchSettings) -> list[Peer]:
     return list(unique.values())
 
 
+def restores_affinity(fn):
+    """Run ``fn`` and put the calling thread's CPU affinity back afterwards.
+
+    Starting TVM's thread pool pins the thread that starts it to the first ``TVM_NUM_THREADS``
+    cores (TVM's master-thread affinity), and every thread it starts later inherits that: after
+    ``profile(threads=1)`` the caller stayed on one core, and so did torch's and a peer's threads
+    created after it. Within the call the pin holds, so every system timed there runs on the same
+    cores."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            before = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # no affinity on this OS: nothing to put back
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, before)
+
+    return wrapper
+
+
+@restores_affinity
 def run_bench(
     models: Sequence[str],
     peers: str | Sequence | None = None,

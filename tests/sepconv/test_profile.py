@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
 import re
+import subprocess
 import sys
 
 import pytest
@@ -220,6 +222,33 @@ def test_match_by_order_checked_by_macs():
     m = peer.matched
     assert (m["matched"], m["exact_macs"], m["our_reductions"]) == (4, 3, 5)
     assert m["unmatched_peer_us"] == pytest.approx(4.0)  # c5 and the Add
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs an affinity mask of two CPUs or more",
+)
+def test_profile_gives_the_caller_its_cpu_affinity_back(tiny_artifact):
+    """A fresh process whose first TVM call is ``profile(threads=1)``: TVM's pool starts
+    there and pins the calling thread to one core (its master-thread affinity). Afterwards the
+    caller runs on the CPUs it had — before ``restores_affinity``, on core 0 alone, and so did
+    every thread it started later (the order-dependent failure of
+    ``test_host_features_agree_with_proc_cpuinfo`` after this file)."""
+    path, _ = tiny_artifact
+    code = (
+        "import os, sys\n"
+        "from sepconv.bench import profile as P\n"
+        "before = os.sched_getaffinity(0)\n"
+        f"P.profile({str(path)!r}, threads=1, runs=1, warmup=0, limits_kw={SMALL_LIMITS!r})\n"
+        "after = os.sched_getaffinity(0)\n"
+        "print(sorted(before), sorted(after))\n"
+        "sys.exit(0 if after == before else 1)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, (run.stdout[-500:], run.stderr[-2000:])
 
 
 def test_files_are_written(report, tmp_path):
