@@ -44,7 +44,7 @@ from sepconv.errors import SepconvError
 from sepconv.timing import Timing
 
 from .limits import MachineLimits, measure_limits
-from .runner import restores_affinity
+from .runner import _arrays, _one_line, _tvm_threads, _validate, restores_affinity
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,6 @@ def _profile_onnxruntime(module, example, threads, warmup, runs, workdir, refs) 
     import onnxruntime as ort
 
     from .peers import ort_session
-    from .runner import _validate
 
     path = _export_onnx(module, example, workdir)
     sess = ort_session(
@@ -458,7 +457,6 @@ def _profile_openvino(module, example, threads, warmup, runs, workdir, refs) -> 
     import openvino as ov
 
     from .peers import openvino_config
-    from .runner import _validate
 
     ov_model = ov.convert_model(module.eval(), example_input=example)
     compiled = ov.Core().compile_model(
@@ -708,12 +706,6 @@ def _parse_compare(compare) -> list[str]:
     return names
 
 
-def _tvm_threads() -> int | None:
-    from .runner import _tvm_threads as threads
-
-    return threads()
-
-
 def _reference(compiled, reference, seed: int, n_inputs: int):
     """The eager module the peers run (checked before any timing starts)."""
     import torch
@@ -742,8 +734,6 @@ def _reference(compiled, reference, seed: int, n_inputs: int):
 
 def _profile_peers(peers, arrays, reference, threads, warmup, runs):
     import torch
-
-    from .runner import _arrays, _one_line
 
     x = torch.from_numpy(arrays[0])
     with torch.no_grad():
