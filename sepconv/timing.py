@@ -27,6 +27,7 @@ __all__ = [
     "WALL_CLOCK",
     "Timing",
     "paired_ratio",
+    "rounds_ratio",
     "time_call",
     "time_interleaved",
     "time_ratio",
@@ -96,10 +97,15 @@ def paired_ratio(num: Timing, den: Timing) -> float | None:
     shifts one pooled median alone. Within a round the two blocks are seconds apart, so a
     ratio per round cancels any phase that covers both, and the median over the rounds drops
     the rounds a phase boundary split."""
-    a, b = num.round_medians_ms, den.round_medians_ms
-    if len(a) < MIN_PAIRED_ROUNDS or len(a) != len(b):
+    return rounds_ratio(num.round_medians_ms, den.round_medians_ms)
+
+
+def rounds_ratio(num: Sequence[float], den: Sequence[float]) -> float | None:
+    """:func:`paired_ratio` on two systems' round medians as stored (a bench report's
+    ``latency_ms["round_medians"]``)."""
+    if len(num) < MIN_PAIRED_ROUNDS or len(num) != len(den):
         return None
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+    return statistics.median(x / y for x, y in zip(num, den, strict=True))
 
 
 def time_ratio(num: Timing, den: Timing) -> float:

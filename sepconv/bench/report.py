@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sepconv.timing import WALL_CLOCK, Timing, time_ratio
+from sepconv.timing import rounds_ratio
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class ModelResult:
         if not a or not b:
             return None
         ra, rb = (self.systems[n].latency_ms.get("round_medians") or () for n in (num, den))
-        return time_ratio(_timing(a, ra), _timing(b, rb))
+        paired = rounds_ratio(ra, rb)
+        return a / b if paired is None else paired
 
     def speedup(self) -> dict[str, float]:
         """sepconv's speedup over each timed peer: peer time / sepconv time (:meth:`ratio`)."""
@@ -384,9 +385,3 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _timing(median_ms: float, round_medians) -> Timing:
-    """A stored latency as a :class:`Timing` for :func:`time_ratio` (samples not kept)."""
-    return Timing(median_ms, median_ms, median_ms, len(round_medians), WALL_CLOCK, (),
-                  tuple(round_medians))  # fmt: skip
