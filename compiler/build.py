@@ -45,6 +45,8 @@ class BuildStats:
     tuned: list[str] = field(default_factory=list)  # PrimFuncs scheduled from tuning records
     # PrimFuncs left to the rules whose records were measured on other CPUs → those CPUs
     tuned_elsewhere: dict[str, list[str]] = field(default_factory=dict)
+    # PrimFuncs left to the rules because a confirmation found their records no faster
+    rules_confirmed: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     functions: dict[str, dict] = field(default_factory=dict)  # per PrimFunc: compiler.costs
     # schedule rules that raised, each function then taking a later (usually slower) rule
@@ -64,6 +66,7 @@ class BuildStats:
             "tasks_tuned": self.tasks_tuned,
             "tuned_functions": sorted(self.tuned),
             **({"tuned_on_other_cpus": self.tuned_elsewhere} if self.tuned_elsewhere else {}),
+            **({"rules_confirmed": self.rules_confirmed} if self.rules_confirmed else {}),
             "sepconv_ops": self.sepconv_ops,
             **({"triton_ops": self.triton_ops} if self.triton_ops is not None else {}),
             **({"cuda_graph": self.cuda_graph} if self.cuda_graph is not None else {}),
@@ -307,10 +310,11 @@ def build(
     mod = fuse(mod, target)
     stats.primfuncs = primfunc_names(mod)
     elsewhere = {}
-    if database is not None:  # other CPUs' records: read before scheduling changes the keys
-        from sepconv.compiler.tuning.database import records_on_other_cpus
+    if database is not None:  # read before scheduling changes the keys
+        from sepconv.compiler.tuning.database import records_on_other_cpus, rules_confirmed
 
         elsewhere = records_on_other_cpus(mod, database)
+        stats.rules_confirmed = rules_confirmed(mod, database)
     try:  # what `sepconv profile` puts on the roofline; never a reason for a build to fail
         stats.functions = {name: c.to_json() for name, c in sorted(function_costs(mod).items())}
     except Exception:  # noqa: BLE001
@@ -318,7 +322,9 @@ def build(
                     exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
     mod, stats.tuned = schedule(mod, target, database, failures=stats.rule_failures)
     stats.tuned_elsewhere = {
-        name: cpus for name, cpus in elsewhere.items() if name not in stats.tuned
+        name: cpus
+        for name, cpus in elsewhere.items()
+        if name not in stats.tuned and name not in stats.rules_confirmed
     }
     for name, us in record_times(mod).items():
         stats.functions.setdefault(name, {})["record_us"] = us

@@ -113,6 +113,12 @@ def cmd_compile(args) -> int:
         f"  target {art.manifest.target['triple']} ({art.manifest.target.get('key', '')}); "
         f"{b['tasks_tuned']} of {b['tasks_total']} tasks tuned"
     )
+    confirmed = b.get("rules_confirmed") or []
+    if confirmed:
+        print(
+            f"  {len(confirmed)} more tasks were tuned here and kept our rules' schedule: "
+            "re-timed against it, their records were no faster (confirmed.json)"
+        )
     elsewhere = b.get("tuned_on_other_cpus") or {}
     if elsewhere:
         cpus = sorted({c for cs in elsewhere.values() for c in cs})
@@ -303,6 +309,7 @@ def cmd_tune(args) -> int:
         task_filter=args.tasks,
         space=args.space,
         on_stage=stage,
+        **({} if args.confirm_rounds is None else {"confirm_rounds": args.confirm_rounds}),
     )
     print(format_report(report))
     if args.json:
@@ -635,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
         "RPC) or flushed (weights from DRAM); see benchmarks/tuning_estimate.py",
     )
     t.add_argument("--flush-cache", action="store_true", help="the same as --cache flushed")
+    t.add_argument(
+        "--confirm-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="after the search, re-time each task's fastest records against our rules' schedule "
+        "in N interleaved rounds; builds use a record only where it won (default 5; 0: skip)",
+    )
     t.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     t.set_defaults(func=cmd_tune, no_sepconv_ops=False)
 

@@ -72,6 +72,7 @@ __all__ = [
     "open_database",
     "record_cpu",
     "records_on_other_cpus",
+    "rules_confirmed",
     "shipped_log_dir",
 ]
 
@@ -133,6 +134,9 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     # workload hash → the CPUs of its records that were not loaded (measured on another CPU)
     other_cpus: dict[str, set[str]] = field(default_factory=dict)
+    # workload hashes whose confirmation chose our rules' schedule over their records (confirm.py)
+    rules_confirmed: set[str] = field(default_factory=set)
+    stale_confirmations: int = 0  # confirmations older than their workload's records: ignored
 
 
 def record_cpu(target: Any) -> str | None:
@@ -475,6 +479,46 @@ def _collect(
     return found
 
 
+def _apply_confirmations(
+    found: dict[str, list[tuple[str, list, list]]], report: LoadReport, cpu: str
+) -> None:
+    """Keep, of each workload confirmed on ``cpu`` (``confirmed.json`` in the logs read, later
+    logs overriding earlier ones), only the record its confirmation chose — or none, where it
+    chose our rules. A confirmation that saw fewer records than the logs now hold is stale, and
+    leaves the workload's records as they are (the fastest logged is used)."""
+    from sepconv.compiler.tuning.confirm import read_confirmations, trace_digest
+
+    confirmations: dict[str, dict] = {}
+    for d in report.dirs:
+        confirmations.update(read_confirmations(d, cpu))
+    for shash, entry in confirmations.items():
+        entries = found.get(shash)
+        if not entries:
+            continue
+        if sum(len(recs) for _, _, recs in entries) > int(entry.get("records") or 0):
+            report.stale_confirmations += 1
+            continue
+        if entry["choice"] == "rules":
+            del found[shash]
+            report.rules_confirmed.add(shash)
+            continue
+        chosen = entry.get("trace")
+        kept = []
+        for wl_where, workload, recs in entries:
+            # its time is the confirmed one: what the build reports as the record's (record_us)
+            mine = [
+                (w, [rec[0], [float(entry["us"]["record"]) * 1e-6], *rec[2:]])
+                for w, rec in recs
+                if trace_digest(rec[0]) == chosen
+            ]
+            if mine:
+                kept.append((wl_where, workload, mine))
+        if kept:
+            found[shash] = kept
+        else:  # the chosen record is not in the logs read: as if unconfirmed
+            report.stale_confirmations += 1
+
+
 def _commit(db, entries: list[tuple[str, list, list]], report: LoadReport, top_k: int | None):
     """Parse one workload's collected lines with TVM (a record's trace is replayed to read it,
     ≈10 ms each) into ``db``: its ``top_k`` fastest readable records per log, or all."""
@@ -609,6 +653,7 @@ def open_database(
     warn: bool = True,
     lazy: bool = False,
     cpu: str | None = None,
+    confirmed: bool = False,
 ):
     """A MetaSchedule database holding the valid records of every log in ``dirs`` (missing ones
     are fine) and, when ``write_dir`` is given, appending new records there as they are
@@ -626,6 +671,11 @@ def open_database(
     ``lazy``: TVM reads a workload's records when a query first names it, not here. A build
     queries only its model's workloads, a few dozen of the shipped log's hundreds; the lines
     are still read and checked now, and what TVM then rejects is logged when it is queried.
+
+    ``confirmed`` (with ``cpu``): where ``confirmed.json`` holds a tuning run's confirmation for
+    that CPU (:mod:`sepconv.compiler.tuning.confirm`), a workload gets only the record it chose,
+    or none where it chose our rules (``report.rules_confirmed``). A build reads it so; tuning
+    reads every record.
     """
     global _DB_CLASS
     if isinstance(dirs, (str, os.PathLike)):
@@ -638,6 +688,8 @@ def open_database(
     report = LoadReport()
     inner = ms.database.MemoryDatabase(module_equality="structural")
     found = _collect(paths, report, only, cpu)
+    if confirmed and cpu is not None:
+        _apply_confirmations(found, report, cpu)
     if not lazy:
         for entries in found.values():
             _commit(inner, entries, report, top_k)
@@ -730,31 +782,41 @@ def database_for_build(key: str, sources=True, cpu: str | None = None):
     dirs = [d for d in log_dirs(key, sources) if d.is_dir()]
     if not dirs:
         return None, []
-    db = open_database(dirs, top_k=1, lazy=True, cpu=cpu)
-    if not db.pending and not db.report.other_cpus and len(db) == 0:
+    db = open_database(dirs, top_k=1, lazy=True, cpu=cpu, confirmed=True)
+    report = db.report
+    if not db.pending and not report.other_cpus and not report.rules_confirmed and len(db) == 0:
         return None, []
     return db, [str(d) for d in db.report.dirs]
 
 
-def records_on_other_cpus(mod: Any, database: Any) -> dict[str, list[str]]:
-    """PrimFunc name → the CPUs whose records for it ``database`` left out, for every PrimFunc
-    of ``mod`` not scheduled from a record: what tuning elsewhere would have applied."""
+def _unscheduled_keys(mod: Any) -> Iterator[tuple[str, str]]:
+    """(name, workload hash) of every PrimFunc of ``mod`` not yet scheduled."""
     from tvm import tirx
 
-    other = getattr(getattr(database, "report", None), "other_cpus", None)
-    if not other:
-        return {}
-    out = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         if func.attrs is not None and SCHEDULED_ATTR in func.attrs:
             continue
-        key = _ms().database.Workload(normalize_for_database(func)).as_json()[0]
-        cpus = other.get(key)
-        if cpus:
-            out[gv.name_hint] = sorted(cpus)
-    return out
+        yield gv.name_hint, _ms().database.Workload(normalize_for_database(func)).as_json()[0]
+
+
+def records_on_other_cpus(mod: Any, database: Any) -> dict[str, list[str]]:
+    """PrimFunc name → the CPUs whose records for it ``database`` left out, for every PrimFunc
+    of ``mod`` not scheduled from a record: what tuning elsewhere would have applied."""
+    other = getattr(getattr(database, "report", None), "other_cpus", None)
+    if not other:
+        return {}
+    return {name: sorted(other[key]) for name, key in _unscheduled_keys(mod) if other.get(key)}
+
+
+def rules_confirmed(mod: Any, database: Any) -> list[str]:
+    """Names of the PrimFuncs of ``mod`` whose records a confirmation on this CPU found no
+    faster than our rules' schedule (:mod:`sepconv.compiler.tuning.confirm`)."""
+    confirmed = getattr(getattr(database, "report", None), "rules_confirmed", None)
+    if not confirmed:
+        return []
+    return sorted(name for name, key in _unscheduled_keys(mod) if key in confirmed)
 
 
 def require_writable(path: Path) -> None:

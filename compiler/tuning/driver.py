@@ -17,6 +17,7 @@ from typing import Any
 from sepconv.compiler import tvm_compat
 from sepconv.compiler.tuning import database as tuning_db
 from sepconv.compiler.tuning import measure as measuring
+from sepconv.compiler.tuning.confirm import CONFIRM_ROUNDS, confirm_tasks
 from sepconv.compiler.tuning.measure import MeasureConfig, make_pool_builder
 from sepconv.compiler.tuning.report import (
     TaskResult,
@@ -37,6 +38,8 @@ from sepconv.errors import DeviceError, TuningError
 log = logging.getLogger(__name__)
 
 __all__ = ["tune"]
+
+INTERRUPTED = "interrupted; the records measured so far are kept"
 
 
 def _resolve_models(
@@ -74,6 +77,7 @@ def tune(
     task_filter: str | None = None,
     space: str = "rules",
     builders: int | None = None,
+    confirm_rounds: int = CONFIRM_ROUNDS,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> TuneReport:
@@ -86,6 +90,11 @@ def tune(
     log, so rerunning a killed run continues it. ``task_filter`` (a regular expression) tunes
     only the tasks whose name matches. ``space="default"`` tunes every task in MetaSchedule's
     own design space instead of our rules' (stock MetaSchedule, for comparison).
+
+    Then each task's choice is confirmed (:mod:`sepconv.compiler.tuning.confirm`, on CPU
+    targets): its fastest records and our rule's own schedule are re-timed in ``confirm_rounds``
+    interleaved rounds, and a build uses a record only where it beat the rule's schedule there.
+    ``confirm_rounds=0`` skips it; a run with nothing left to tune still confirms.
 
     CUDA (``target="cuda"``, ``cuda_arch`` or the GPU's): the tasks are what TVM schedules (the
     Triton kernels are not tuned here: their configurations are Triton's autotuning), searched in
@@ -190,8 +199,10 @@ def tune(
                 per_iter=trials_per_iter, measure=measure, space=space, builders=builders,
                 progress=progress, on_stage=on_stage,
             )  # fmt: skip
+    if device_error is None and confirm_rounds > 0 and report.stopped != INTERRUPTED:
+        _confirm(tasks, report, log_dir, tspec, dev, measure, confirm_rounds, builders, on_stage)
     report.wall_seconds = time.perf_counter() - t_start
-    if remaining > 0:
+    if remaining > 0 or report.confirm_rounds:
         record_provenance(report, database.appended, tspec)
     if device_error is not None:
         raise DeviceError(
@@ -200,6 +211,30 @@ def tune(
             "device and rerun the same command to continue"
         )
     return report
+
+
+def _confirm(
+    tasks: Sequence[TuneTask], report: TuneReport, log_dir: Any, tspec: Any, dev: Any,
+    measure: MeasureConfig | None, rounds: int, builders: int | None,
+    on_stage: Callable[[str], None],
+) -> None:  # fmt: skip
+    """Confirm ``tasks``' choices (confirm.py) and put them in ``report``."""
+    t0 = time.perf_counter()
+    try:
+        with tvm_compat.light_tensor_intrinsics(tspec.target):
+            found = confirm_tasks(
+                tasks, log_dir, tspec, dev, measure, rounds=rounds, builders=builders,
+                on_stage=on_stage,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        report.stopped = "interrupted while confirming; builds use the fastest logged records"
+        return
+    report.confirm_seconds = time.perf_counter() - t0
+    report.confirm_rounds = rounds if found else 0
+    for r in report.tasks:
+        c = found.get(r.name)
+        if c is not None:
+            r.choice, r.confirmed_us, r.rules_us = c.choice, c.chosen_us, c.us.get("rules")
 
 
 def _require_local_gpu(tspec: Any) -> None:
@@ -275,7 +310,7 @@ def _search(
                 cost_model=tvm_compat.lazy_xgb_model(max(1, os.cpu_count() or 1)),
             )
     except KeyboardInterrupt:
-        report.stopped = "interrupted; the records measured so far are kept"
+        report.stopped = INTERRUPTED
     finally:
         prog.close()
         builder.shutdown()

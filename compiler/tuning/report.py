@@ -46,6 +46,15 @@ class TaskResult:
     best_us: float | None = None  # best mean latency, this run or the log
     errors: int = 0
     models: list[str] = field(default_factory=list)
+    choice: str | None = None  # confirmed: "record" or "rules" (confirm.py); None: unconfirmed
+    confirmed_us: float | None = None  # the chosen schedule's time when confirmed
+    rules_us: float | None = None  # the rule's own schedule's time when confirmed
+
+    @property
+    def expected_us(self) -> float | None:
+        """What a build of this task should take: the confirmed choice's time, else the best
+        logged time."""
+        return self.confirmed_us if self.confirmed_us is not None else self.best_us
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +67,9 @@ class TaskResult:
             "best_us": None if self.best_us is None else round(self.best_us, 3),
             "errors": self.errors,
             "models": self.models,
+            "choice": self.choice,
+            "confirmed_us": None if self.confirmed_us is None else round(self.confirmed_us, 3),
+            "rules_us": None if self.rules_us is None else round(self.rules_us, 3),
         }
 
 
@@ -78,6 +90,8 @@ class TuneReport:
     skipped_measured: int = 0  # candidates answered from the log instead of re-measured
     stopped: str | None = None  # why the run ended early, if it did
     cache: str | None = None  # the caches' state candidates were timed in (MeasureConfig)
+    confirm_seconds: float = 0.0  # re-timing the finalists against our rules (confirm.py)
+    confirm_rounds: int = 0
 
     @property
     def trials_per_minute(self) -> float:
@@ -85,7 +99,15 @@ class TuneReport:
 
     @property
     def estimated_ms(self) -> float:
+        """Σ weight × best logged time: the tuner's own estimate of the models."""
         return sum(t.weight * t.best_us for t in self.tasks if t.best_us is not None) / 1e3
+
+    @property
+    def confirmed_ms(self) -> float | None:
+        """Σ weight × what a build uses, as confirmed (None when nothing was confirmed)."""
+        if not any(t.choice for t in self.tasks):
+            return None
+        return sum(t.weight * t.expected_us for t in self.tasks if t.expected_us is not None) / 1e3
 
     def to_json(self) -> dict:
         return {
@@ -100,6 +122,9 @@ class TuneReport:
             "tuning_seconds": round(self.tuning_seconds, 1),
             "skipped_measured": self.skipped_measured,
             "estimated_ms": round(self.estimated_ms, 4),
+            "confirmed_ms": None if self.confirmed_ms is None else round(self.confirmed_ms, 4),
+            "confirm_seconds": round(self.confirm_seconds, 1),
+            "confirm_rounds": self.confirm_rounds,
             "stopped": self.stopped,
             "cache": self.cache,
             "tasks": [t.to_json() for t in self.tasks],
@@ -187,28 +212,15 @@ def rule_choice_vs_best(
     device. ``None`` where the log has no such record (the rule's schedule is found among the
     records by its module, as a resumed run finds what it measured)."""
     import tvm_ffi
-    from tvm.s_tir import meta_schedule as ms
 
-    from sepconv.compiler import tvm_compat
-    from sepconv.compiler.tuning.measure import measure_candidates
-    from sepconv.compiler.tuning.spaces import rule_spaces, space_generator
+    from sepconv.compiler.tuning.confirm import rule_candidate
 
     best = best_record_us(task, database)
-    rs = rule_spaces(task.mod["main"], target, max_spaces=1)  # its own choice is all we time
-    own = rs.schedules[:1] if rs.enumerated else []
-    own = own or rs.own[:1]
-    if not own:
-        return None, best
-    # TuneContext imports tvm.s_tir.tensor_intrin: ≈25 s of CUDA intrinsics unless stood in
-    with tvm_compat.light_tensor_intrinsics(target):
-        ctx = ms.TuneContext(
-            task.mod, target=target, space_generator=space_generator([own[0].trace])
-        )
-    cands, _ = measure_candidates(ctx, ctx.generate_design_space())
-    if not cands:
+    own = rule_candidate(task, target)
+    if own is None:
         return None, best
     logged = logged_candidates(task, database, None, None)
-    secs = mean_secs(logged.get(tvm_ffi.structural_hash(cands[0].sch.mod)))
+    secs = mean_secs(logged.get(tvm_ffi.structural_hash(own.sch.mod)))
     return (secs * 1e6 if secs is not None else None), best
 
 
@@ -235,6 +247,7 @@ def record_provenance(report: TuneReport, appended: int, tspec: Any) -> None:
         "tuning_seconds": round(report.tuning_seconds, 1),
         "tasks": len(report.tasks),
         "estimated_ms": round(report.estimated_ms, 4),
+        "confirmed_ms": None if report.confirmed_ms is None else round(report.confirmed_ms, 4),
         "stopped": report.stopped,
         "versions": {"sepconv": sepconv.__version__, "tvm": tvm.__version__},
     }
@@ -265,6 +278,14 @@ def format_report(report: TuneReport, limit: int = 30) -> str:
         f"{report.skipped_measured} candidates answered from it"
     )
     lines.append(f"estimated model latency (sum of weight × best): {report.estimated_ms:.3f} ms")
+    confirmed = [t for t in report.tasks if t.choice]
+    if confirmed:
+        kept = sum(t.choice == "rules" for t in confirmed)
+        lines.append(
+            f"confirmed in {report.confirm_rounds} interleaved rounds against our rules "
+            f"({report.confirm_seconds:.0f}s): {len(confirmed) - kept} tasks use a record, "
+            f"{kept} keep the rules' schedule; the build's estimate {report.confirmed_ms:.3f} ms"
+        )
     if report.stopped:
         lines.append(f"stopped: {report.stopped}")
     lines.append(f"records: {report.log_dir}")

@@ -19,7 +19,7 @@ import torch
 import tvm_ffi
 
 import sepconv
-from sepconv.compiler.tuning import MeasureConfig, rule_spaces, tune
+from sepconv.compiler.tuning import MeasureConfig, format_report, rule_spaces, tune
 from sepconv.compiler.tuning import database as tuning_db
 from sepconv.targets import resolve_target
 from tests.nets import TinySeparable, randomize_bn, tiny_separable
@@ -37,7 +37,7 @@ from tests.nets import tiny_separable
 log_dir, trials, per_iter, tasks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 r = tune(tiny_separable(), example_input=x, trials=trials, tune_log=log_dir, task_filter=tasks,
-         trials_per_iter=per_iter, progress=False)
+         trials_per_iter=per_iter, confirm_rounds=0, progress=False)
 print("REPORT " + json.dumps(r.to_json()))
 """
 
@@ -90,6 +90,7 @@ def tuned(tmp_path_factory):
         tune_log=root,
         task_filter=SEPCONV_TASKS,
         trials_per_iter=4,
+        confirm_rounds=0,  # the records as logged; confirmation has its own tests below
         progress=False,
     )
     return root, report
@@ -476,3 +477,111 @@ def test_candidates_are_timed_with_the_caches_as_the_model_leaves_them():
         MeasureConfig(cache="cold")
     runner = measuring.make_runner(parse_device("local"), MeasureConfig())
     assert runner.f_run_evaluator is measuring.rotating_run_evaluator
+
+
+# ---------------------------------------------------------------------------------------------
+# Confirmation: the finalists re-timed against our rules before a build may prefer them
+
+
+def test_a_lucky_record_is_re_timed_before_a_build_uses_it(tuned, tmp_path):
+    """The winner's curse: one candidate timed at a fast moment. Plant it (the slowest record
+    logged at 1 ns); a build then picks it. A confirming run (nothing left to search) re-times
+    it beside our rule's schedule; the build then uses what the rounds chose, at the time they
+    measured, and says which functions kept our rules."""
+    import shutil
+
+    from sepconv.compiler.tuning import confirm
+
+    root, report = tuned
+    log = tmp_path / "logs" / key_dir(root).name
+    shutil.copytree(key_dir(root), log)
+    lines = [json.loads(ln) for ln in record_lines(log)]
+    slowest = max(range(len(lines)), key=lambda i: tuning_db.mean_secs(lines[i][1][1]) or 0)
+    lines[slowest][1][1] = [1e-9]
+    (log / tuning_db.RECORD_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    planted = confirm.trace_digest(lines[slowest][1][0])
+
+    lucky = sepconv.compile(tiny_separable(), example_input=X, out=tmp_path / "a", tune_logs=[log])
+    us = [f.get("record_us") for f in lucky.manifest.build["functions"].values()]
+    assert min(u for u in us if u) == pytest.approx(1e-3)  # the lucky time, believed
+
+    again = tune(
+        tiny_separable(), example_input=X, trials=1, tune_log=log.parent,
+        task_filter=SEPCONV_TASKS, confirm_rounds=3, progress=False,
+    )  # fmt: skip
+    assert again.trials == 0 and again.confirm_rounds == 3
+    entries = json.loads((log / confirm.CONFIRM_FILE).read_text())["cpus"][
+        resolve_target("host").mcpu
+    ]
+    tuned_tasks = {t.name for t in report.tasks if t.trials}
+    assert len(entries) == len(tuned_tasks)
+    for t in again.tasks:
+        if t.name in tuned_tasks:
+            assert t.choice in ("record", "rules") and t.rules_us > 0.1 and t.confirmed_us > 0.1
+    assert again.confirmed_ms is not None
+    assert "confirmed in 3 interleaved rounds" in format_report(again)
+    for e in entries.values():
+        assert e["records"] >= 1 and e["rounds"] == 3
+        assert e["us"]["rules"] > 0.1 and e["us"]["record"] > 0.1  # re-timed, not the 1 ns
+        if e["choice"] == "record":
+            assert e["paired_ratio"] <= 1 - confirm.MIN_GAIN
+        else:
+            assert e["trace"] is None and e["paired_ratio"] > 1 - confirm.MIN_GAIN
+
+    art = sepconv.compile(tiny_separable(), example_input=X, out=tmp_path / "b", tune_logs=[log])
+    build = art.manifest.build
+    by_name = {t.name: t for t in again.tasks}
+    assert build["tuned_functions"] == sorted(n for n, t in by_name.items() if t.choice == "record")
+    assert build.get("rules_confirmed", []) == sorted(
+        n for n, t in by_name.items() if t.choice == "rules"
+    )
+    for name in build["tuned_functions"]:  # the record's time is the confirmed one
+        confirmed_us = by_name[name].confirmed_us  # as confirmed.json stores it: to the ps
+        assert build["functions"][name]["record_us"] == pytest.approx(confirmed_us, abs=1e-6)
+    assert not any(e["trace"] == planted and e["us"]["record"] < 0.1 for e in entries.values())
+    assert sepconv.validate(art.load(), tiny_separable()).passed
+
+    # a record logged after the confirmation makes it stale: the fastest logged is used again
+    with open(log / tuning_db.RECORD_FILE, "a") as f:
+        f.write(json.dumps(lines[slowest]) + "\n")
+    db, _ = tuning_db.database_for_build(log.name, [log], cpu=resolve_target("host").mcpu)
+    assert db.report.stale_confirmations >= 1
+
+
+def _finalists(rules, *records):
+    from sepconv.compiler.tuning.confirm import _Finalist
+
+    def secs(us):
+        return [None if u is None else u * 1e-6 for u in us]
+
+    out = [_Finalist(0, "rules", None, None, secs=secs(rules))]
+    for i, (logged, us) in enumerate(records):
+        out.append(_Finalist(0, f"record:{i + 1}", f"t{i}", None, logged, secs(us)))
+    return out
+
+
+def test_a_record_must_beat_the_rules_round_by_round():
+    from sepconv.compiler.tuning.confirm import MIN_GAIN, _decide
+
+    # 5 % faster in every round, through a slow phase: used
+    c = _decide(_finalists([10, 20, 10, 10, 20], (1.0, [9.5, 19, 9.5, 9.5, 19])), 4, 5)
+    assert c.choice == "record" and c.trace == "t0" and c.paired_ratio == pytest.approx(0.95)
+    assert c.chosen_us == pytest.approx(9.5) and c.logged_us == 1.0
+    # 1 % faster: within MIN_GAIN, the rules' schedule is kept
+    assert MIN_GAIN > 0.01
+    c = _decide(_finalists([10] * 5, (1.0, [9.9] * 5)), 4, 5)
+    assert c.choice == "rules" and c.trace is None and c.chosen_us == pytest.approx(10)
+    # the faster of two records by their paired ratio, not by what the tuner logged
+    c = _decide(_finalists([10] * 5, (0.5, [9.6] * 5), (8.0, [9.0] * 5)), 6, 5)
+    assert c.choice == "record" and c.trace == "t1" and c.records == 6
+    # 5 % slower in each round it ran, but missing from slow rounds: its median is half the
+    # rules', its paired ratio 1.05
+    c = _decide(_finalists([20, 20, 20, 10, 10], (1.0, [None, 21, None, 10.5, 10.5])), 2, 5)
+    assert c.choice == "rules" and c.paired_ratio == pytest.approx(1.05)
+    # no rule schedules the task: the fastest record by its median
+    from sepconv.compiler.tuning.confirm import _Finalist
+
+    only = [_Finalist(0, "record:0", "a", None, 1.0, [5e-6] * 3),
+            _Finalist(0, "record:1", "b", None, 2.0, [4e-6] * 3)]  # fmt: skip
+    c = _decide(only, 2, 3)
+    assert c.choice == "record" and c.trace == "b"
