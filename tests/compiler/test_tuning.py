@@ -578,6 +578,10 @@ def test_a_record_must_beat_the_rules_round_by_round():
     # rules', its paired ratio 1.05
     c = _decide(_finalists([20, 20, 20, 10, 10], (1.0, [None, 21, None, 10.5, 10.5])), 2, 5)
     assert c.choice == "rules" and c.paired_ratio == pytest.approx(1.05)
+    # faster paired, slower in the medians: the rounds' noise is larger than the gain
+    c = _decide(_finalists([8, 30, 9, 9, 9], (1.0, [7.5, 28, 8.7, 9.5, 9.5])), 2, 5)
+    assert c.paired_ratio < 1 - MIN_GAIN and c.us["record"] > c.us["rules"]
+    assert c.choice == "rules"
     # no rule schedules the task: the fastest record by its median
     from sepconv.compiler.tuning.confirm import _Finalist
 
