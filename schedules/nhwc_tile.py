@@ -32,6 +32,13 @@ from .target_params import CpuParams
 
 # Pixels per tile the heuristic may choose; 7 divides every MobileNet/EfficientNet width at 224.
 PIXEL_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
+# A broadcast epilogue's reduction (squeeze-and-excitation's expansion FC before the gate ×
+# map) with at least this many MACs is split over the cores too. Serial, MobileNetV3-Large's
+# 240 → 960 FC (0.9 MB of weights) left the other core idle for ~30 µs a call, and woke it for
+# the gate's product after (Zen 4 VM: 52 → 35 µs a call in the model). Timed alone there,
+# parallel was faster from V3-Small's 144 → 576 (83 k MACs: 5.4 → 4.7 µs warm) up, slower at
+# its 20 k-MAC FC (2.4 → 3.0 µs) and even at B0's 55 k-MAC ones.
+PARALLEL_REDUCTION_MACS = 1 << 16
 # TVM puts a buffer under 1 KiB on the stack, where LLVM promotes it to registers; a larger
 # accumulator tile goes to a heap workspace and every FMA becomes a load + store.
 MAX_TILE_BYTES = 1023
@@ -279,7 +286,8 @@ def tile_output(
     if epilogue is not None and not _covers_block_pixels(sch, epilogue, block):
         # a broadcast epilogue (squeeze-and-excitation's gate × feature map): the small
         # reduction runs once, the large elementwise product is parallelised on its own
-        tile_output(sch, block, None, tile, params, parallel=False)
+        split = _reduction_macs(sch, block) >= PARALLEL_REDUCTION_MACS
+        tile_output(sch, block, None, tile, params, parallel=split)
         schedule_spatial_block(sch, epilogue, params)
         return None
     n_red = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == 2)  # CommReduce
@@ -316,6 +324,11 @@ def parallel_rows(sch, n, h, wo, oo, params: CpuParams, split_channels: bool = T
         row = sch.fuse(row, more)
     sch.parallel(row)
     return row
+
+
+def _reduction_macs(sch: s_tir.Schedule, block: SBlockRV) -> int:
+    """Multiply-adds of a reduction block: its iteration domain's size."""
+    return math.prod(as_int(iv.dom.extent) or 1 for iv in sch.get(block).iter_vars)
 
 
 def _out_shape(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:

@@ -294,3 +294,56 @@ def test_fused_rule_makes_a_late_blocks_depthwise_output_whole_and_runs_panels_o
     reference = run_primfunc(func, target)
     out = run_primfunc(sch.mod["main"], target)
     np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
+
+
+class _GatedMap(torch.nn.Module):
+    """A depthwise conv and squeeze-and-excitation as MobileNetV3 ends a block with it: pool →
+    FC → ReLU → FC → hard sigmoid → gate × map (nothing after it to fold the gate into)."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.dw = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.fc1 = torch.nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = torch.nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        x = self.dw(x)
+        g = self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * torch.nn.functional.hardsigmoid(g)
+
+
+@pytest.mark.parametrize(
+    ("channels", "squeeze", "fc_parallel"),
+    [(960, 240, True), (64, 16, False)],  # V3-Large's last SE (230 k MACs); a small one (1 k)
+)
+def test_a_large_se_fc_before_its_gate_product_is_split_over_the_cores(
+    channels, squeeze, fc_parallel
+):
+    """The broadcast epilogue: the expansion FC runs once and the gate × map on its own. A
+    large FC is split over the cores as well; a small one stays serial, cheaper than a second
+    parallel launch."""
+    from sepconv.schedules.nhwc_tile import PARALLEL_REDUCTION_MACS
+
+    assert (channels * squeeze >= PARALLEL_REDUCTION_MACS) == fc_parallel
+    target = tvm.target.Target(AVX2)
+    x = torch.randn(1, channels, 7, 7)
+    mod, _, _ = lower(import_module(_GatedMap(channels, squeeze).eval(), (x,)), target)
+    gated = [
+        f
+        for _, f in mod.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc)
+        and 'T.sblock("sepconv_pw")' in f.script()
+        and "multiply" in f.script()
+        and any(tuple(int(d) for d in p.shape) == (1, 7, 7, channels) for p in f.params)
+    ]
+    assert len(gated) == 1
+    func = gated[0]
+    sch = RULES["pw"].apply(func, target, False)
+    text = sch.mod["main"].script()
+    fc = text.index('T.sblock("sepconv_pw_update")')
+    product = text.index('T.sblock("T_multiply")')
+    assert fc < product  # the FC first, once, then the product
+    assert ("T.parallel(" in text[:fc]) == fc_parallel, text[:fc]
+    np.testing.assert_allclose(
+        run_primfunc(sch.mod["main"], target), run_primfunc(func, target), rtol=1e-5, atol=1e-5
+    )
