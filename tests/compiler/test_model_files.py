@@ -174,6 +174,8 @@ def test_tune_a_model_file_from_the_cli_and_build_with_its_records(files, tmp_pa
 
     log = tmp_path / "log"
     assert main(["tune", str(files / "tiny.pt2"), "--trials", "4", "--tune-log", str(log),
-                 "--tasks", "sepconv"]) == 0  # fmt: skip
+                 "--tasks", "sepconv", "--confirm-rounds", "3"]) == 0  # fmt: skip
+    assert "confirmed in 3 interleaved rounds" in capsys.readouterr().out
     art = sepconv.compile(files / "tiny.pt2", out=tmp_path / "t", tune_logs=[log])
-    assert art.manifest.build["tasks_tuned"] >= 1, art.manifest.build
+    build = art.manifest.build  # each tuned task: its confirmed record, or our rules kept
+    assert build["tasks_tuned"] + len(build.get("rules_confirmed", [])) >= 1, build

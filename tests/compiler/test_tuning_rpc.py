@@ -40,8 +40,14 @@ def test_tune_through_a_loopback_tracker(tmp_path, tracker):
     assert report.trials == 3 and report.stopped is None
     log = tmp_path / resolve_target("host").key
     assert records(log) == 3
+    # confirmed through the tracker too: the task keeps a record or our rules, and says which
+    (task,) = [t for t in report.tasks if t.trials]
+    assert task.choice in ("record", "rules") and report.confirm_rounds > 0
+    assert (log / "confirmed.json").exists()
     art = sepconv.compile(tiny_separable(), example_input=X, out=tmp_path / "a", tune_logs=[log])
-    assert art.manifest.build["tasks_tuned"] == 1
+    build = art.manifest.build
+    assert build["tasks_tuned"] == (task.choice == "record")
+    assert build.get("rules_confirmed", []) == ([task.name] if task.choice == "rules" else [])
 
 
 def test_a_device_that_dies_mid_run_stops_tuning_and_keeps_records(tmp_path):
