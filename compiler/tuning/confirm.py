@@ -170,7 +170,7 @@ class _Finalist:
 
 
 def _finalists(
-    index: int, task: Any, entries: list, target: Any, top_k: int, with_rules: bool
+    index: int, task: Any, entries: list, target: Any, top_k: int
 ) -> tuple[list[_Finalist], int]:
     """(the finalists of one task, its records on this CPU): the rule's schedule and the
     ``top_k`` fastest logged records whose modules differ from it and from each other."""
@@ -182,12 +182,14 @@ def _finalists(
     recs = [rec for _, _, rs in entries for _, rec in rs]
     out: list[_Finalist] = []
     seen: set[int] = set()
-    own = rule_candidate(task, target) if with_rules else None
+    own = rule_candidate(task, target)
     if own is not None:
         out.append(_Finalist(index, "rules", None, own))
         seen.add(tvm_ffi.structural_hash(own.sch.mod))
     workload = ms.database.Workload.from_json(entries[0][1])
-    timed = sorted((s, rec) for rec in recs if (s := mean_secs(rec[1])) is not None)
+    timed = sorted(
+        ((s, rec) for rec in recs if (s := mean_secs(rec[1])) is not None), key=lambda t: t[0]
+    )  # by time alone: records of equal time do not compare
     for secs, rec in timed:
         if sum(f.label != "rules" for f in out) >= top_k:
             break
@@ -279,7 +281,7 @@ def confirm_tasks(
             entries = found.get(t.workload_hash)
             if not entries:
                 continue
-            fs, counts[i] = _finalists(i, t, entries, tspec.target, top_k, True)
+            fs, counts[i] = _finalists(i, t, entries, tspec.target, top_k)
             if any(f.label != "rules" for f in fs):  # else its records are the rule's own
                 finalists += fs
     if not finalists:
