@@ -5,7 +5,8 @@ For every distinct depthwise layer of MobileNetV2 and every separable block of M
 
 * depthwise (dw conv + bias + ReLU6): ours (NHWC ``sepconv_dw``) vs torch eager (oneDNN) vs stock
   TVM (the grouped conv as the compiler builds it without our operators, ``--no-sepconv-ops``),
-  with achieved GB/s as a fraction of this machine's copy bandwidth measured in the same run;
+  with achieved GB/s as a fraction of this machine's copy bandwidth and GFLOP/s as a fraction of
+  its FMA loop, both measured in the same run (a 3×3 stride-1 layer can meet either roof);
 * fused block (dw → ReLU6 → pw): our fused operator vs the same block as two of our own kernels
   (dw, then pw) vs torch eager.
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sepconv.bench.limits import fma_loop_gflops
 from sepconv.timing import Timing, time_call
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,7 +132,7 @@ def _check(name: str, got: np.ndarray, ref: np.ndarray) -> None:
         raise SystemExit(f"{name}: validation FAILED (max abs error {cmp.max_abs_error:.3g})")
 
 
-def depthwise_row(layer, target, runs: int) -> dict:
+def depthwise_row(layer, target, runs: int, fma_peak_gflops: float = 0.0) -> dict:
     import torch
 
     from tests.compiler.separable_cases import separable_block
@@ -162,6 +164,8 @@ def depthwise_row(layer, target, runs: int) -> dict:
         o_us, s_us = ours.time_us(runs), stock.time_us(runs)
     moved = ours.bytes
     bandwidth = copy_bandwidth_gbs(moved)
+    # every output costs K² FMAs, the zero-padded border taps included: the other roofline
+    gflops = 2 * layer.kernel**2 * int(np.prod(ours.out_shape)) / (o_us * 1e-6) / 1e9
     return {
         "layer": layer.id.split("-pw")[0],
         "torch_us": t_us,
@@ -173,6 +177,8 @@ def depthwise_row(layer, target, runs: int) -> dict:
         "ours_gbs": moved / (o_us * 1e-6) / 1e9,
         "copy_gbs": bandwidth,
         "fraction_of_copy_bw": moved / (o_us * 1e-6) / 1e9 / bandwidth,
+        "gflops": gflops,
+        "fraction_of_fma_peak": gflops / fma_peak_gflops if fma_peak_gflops else 0.0,
     }
 
 
@@ -303,7 +309,11 @@ def main(argv=None) -> dict:
 
     tspec = resolve_target("host", num_cores=args.threads)
     dram_bw = copy_bandwidth_gbs(512 * 2**20, runs=10)
-    print(f"target {tspec.key}, {args.threads} threads; 512 MB copy: {dram_bw:.1f} GB/s")
+    fma_peak = fma_loop_gflops(args.threads)
+    print(
+        f"target {tspec.key}, {args.threads} threads; 512 MB copy: {dram_bw:.1f} GB/s; "
+        f"FMA loop: {fma_peak:.1f} GFLOP/s"
+    )
     v2 = list(
         {
             (lay.channels, lay.kernel, lay.stride, lay.height): lay
@@ -313,7 +323,7 @@ def main(argv=None) -> dict:
     v1 = [layer for layer in layers("mobilenet_v1") if layer.pointwise_out]
     if args.limit:
         v2, v1 = v2[: args.limit], v1[: args.limit]
-    dw_rows = [depthwise_row(layer, tspec.target, args.runs) for layer in v2]
+    dw_rows = [depthwise_row(layer, tspec.target, args.runs, fma_peak) for layer in v2]
     print_table(dw_rows, "MobileNetV2 depthwise layers (µs, median)")
     fused_rows = [fused_row(layer, tspec.target, args.runs) for layer in v1]
     print_table(fused_rows, "MobileNetV1 separable blocks (µs, median)")
@@ -334,6 +344,7 @@ def main(argv=None) -> dict:
         "threads": args.threads,
         "runs": args.runs,
         "dram_copy_bandwidth_gbs": dram_bw,
+        "fma_loop_gflops": fma_peak,
         "depthwise": dw_rows,
         "fused": fused_rows,
         "summary": summary,
