@@ -6,7 +6,8 @@ For every distinct depthwise layer of MobileNetV2 and every separable block of M
 * depthwise (dw conv + bias + ReLU6): ours (NHWC ``sepconv_dw``) vs torch eager (oneDNN) vs stock
   TVM (the grouped conv as the compiler builds it without our operators, ``--no-sepconv-ops``),
   with achieved GB/s as a fraction of this machine's copy bandwidth and GFLOP/s as a fraction of
-  its FMA loop, both measured in the same run (a 3×3 stride-1 layer can meet either roof);
+  its FMA peak (as ``sepconv profile`` measures it), both measured in the same run (a 3×3
+  stride-1 layer can meet either roof);
 * fused block (dw → ReLU6 → pw): our fused operator vs the same block as two of our own kernels
   (dw, then pw) vs torch eager.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sepconv.bench.limits import fma_loop_gflops
+from sepconv.bench.limits import measure_limits
 from sepconv.timing import Timing, time_call
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -309,10 +310,11 @@ def main(argv=None) -> dict:
 
     tspec = resolve_target("host", num_cores=args.threads)
     dram_bw = copy_bandwidth_gbs(512 * 2**20, runs=10)
-    fma_peak = fma_loop_gflops(args.threads)
+    limits = measure_limits(args.threads)
+    fma_peak = limits.fma_gflops
     print(
         f"target {tspec.key}, {args.threads} threads; 512 MB copy: {dram_bw:.1f} GB/s; "
-        f"FMA loop: {fma_peak:.1f} GFLOP/s"
+        f"FMA peak: {fma_peak:.1f} GFLOP/s (loop {limits.fma_loop_gflops:.1f})"
     )
     v2 = list(
         {
@@ -344,7 +346,7 @@ def main(argv=None) -> dict:
         "threads": args.threads,
         "runs": args.runs,
         "dram_copy_bandwidth_gbs": dram_bw,
-        "fma_loop_gflops": fma_peak,
+        "limits": limits.to_json(),
         "depthwise": dw_rows,
         "fused": fused_rows,
         "summary": summary,
